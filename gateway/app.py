@@ -1,0 +1,123 @@
+"""Build a running gateway from a config file: providers, the HTTP app, the process lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.executor import Deployment
+from gateway.logs import configure, get_logger
+from gateway.providers.base import DeploymentConfig, Provider
+from gateway.server import Gateway
+
+EXIT_CONFIG = 2
+_SESSION_KEY = web.AppKey("upstream_session", aiohttp.ClientSession)
+
+
+def make_provider(deployment: DeploymentConfig, session: aiohttp.ClientSession) -> Provider:
+    """The provider for one configured deployment (litellm is imported only if one needs it)."""
+    if deployment.provider == "openai":
+        from gateway.providers.openai import OpenAIProvider
+
+        return OpenAIProvider(deployment, session)
+    if deployment.provider == "simulated":
+        from gateway.providers.simulated.provider import SimulatedProvider
+
+        return SimulatedProvider(deployment)
+    from gateway.providers.litellm import LiteLLMProvider
+
+    return LiteLLMProvider(deployment)
+
+
+def _session() -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        read_bufsize=2**20,
+        max_line_size=2**20,
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+async def build_app(config: GatewayConfig) -> web.Application:
+    """The aiohttp application for ``config``; upstream resources close with the app."""
+    session = _session()
+    providers = [make_provider(d, session) for d in config.deployments]
+    deployments = {p.deployment.name: Deployment(p) for p in providers}
+    app = Gateway(config, deployments).app()
+    app[_SESSION_KEY] = session
+
+    async def close(_: web.Application) -> None:
+        for provider in providers:
+            await provider.close()
+        await session.close()
+
+    app.on_cleanup.append(close)
+    return app
+
+
+def _banner(url: str, model: str) -> str:
+    return f"""gateway listening on {url}
+
+  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  python -c 'from openai import OpenAI; c = OpenAI(base_url="{url}/v1", api_key="unused"); \\
+print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)'
+"""
+
+
+async def _run(config: GatewayConfig, host: str, port: int, started: float) -> None:
+    app = await build_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise SystemExit(f"gateway: cannot listen on {host}:{port}: {exc.strerror}") from None
+    bound: Any = runner.addresses[0]
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{bound[1]}"
+    model = sorted(config.route_table())[0]
+    print(_banner(url, model), file=sys.stderr, flush=True)
+    get_logger("gateway").info(
+        "started", url=url, deployments=len(config.deployments),
+        ready_ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    get_logger("gateway").info("stopping")
+    await runner.cleanup()
+
+
+def serve(path: str, *, host: str | None = None, port: int | None = None) -> int:
+    """``gateway serve``: load and validate the config, then serve until SIGINT/SIGTERM."""
+    started = time.perf_counter()
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"gateway: refusing to start: {len(exc.issues)} config problem(s)", file=sys.stderr)
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    configure(config.logging)
+    asyncio.run(
+        _run(
+            config,
+            host if host is not None else config.server.host,
+            port if port is not None else config.server.port,
+            started,
+        )
+    )
+    return 0

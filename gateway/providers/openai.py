@@ -1,0 +1,206 @@
+"""The fast path: any upstream that speaks the OpenAI dialect.
+
+OpenAI, Azure-style base URLs (``api_key_header: api-key`` plus ``query_params``), Groq, Together,
+vLLM, Ollama or another gateway. One pooled aiohttp session serves every deployment; the request
+body goes upstream exactly as received unless the upstream model name differs from the one the
+caller used, in which case only ``model`` is replaced. SSE is relayed event by event through
+:class:`~gateway.providers.sse.SSEStream`.
+
+Foreign exceptions (aiohttp, asyncio) are translated here into the gateway's error tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from gateway.config import OpenAIDeployment
+from gateway.errors import (
+    BadUpstreamResponse,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnreachable,
+    error_for_status,
+    parse_retry_after,
+)
+from gateway.providers.base import ProviderCall, ProviderResponse, Usage
+from gateway.providers.sse import SSEStream
+
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+class OpenAIProvider:
+    """A deployment reached over HTTP in the OpenAI dialect."""
+
+    def __init__(self, deployment: OpenAIDeployment, session: aiohttp.ClientSession) -> None:
+        self.deployment = deployment
+        self._session = session
+        self._name = deployment.name
+        base = deployment.base_url.rstrip("/")
+        self._urls = {
+            ep: URL(f"{base}/{ep}").update_query(deployment.query_params or None)
+            for ep in ("chat/completions", "completions", "embeddings")
+        }
+        headers = {"Content-Type": "application/json"}
+        for key, value in deployment.headers.items():
+            headers[key] = value.get_secret_value()
+        if deployment.api_key is not None:
+            secret = deployment.api_key.get_secret_value()
+            if deployment.api_key_header == "api-key":
+                headers["api-key"] = secret
+            else:
+                headers["Authorization"] = f"Bearer {secret}"
+        self._headers = headers
+        self._stream_headers = {**headers, "Accept": "text/event-stream"}
+        t = deployment.timeouts
+        self._connect_timeout = t.connect
+        self._first_token_timeout = t.first_token
+        self._idle_timeout = t.idle
+
+    def __repr__(self) -> str:
+        return f"OpenAIProvider(deployment={self._name!r}, base_url={self.deployment.base_url!r})"
+
+    def _payload(self, call: ProviderCall) -> bytes:
+        upstream_model = self.deployment.model
+        if call.body.get("model") == upstream_model:
+            return call.raw
+        return orjson.dumps({**call.body, "model": upstream_model})
+
+    async def send(self, call: ProviderCall) -> ProviderResponse | SSEStream:
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=min(self._connect_timeout, call.timeout)
+        )
+        limit = call.timeout if not call.stream else min(call.timeout, self._first_token_timeout)
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(limit):
+                resp = await self._session.post(
+                    self._urls[call.endpoint],
+                    data=self._payload(call),
+                    headers=self._stream_headers if call.stream else self._headers,
+                    timeout=timeout,
+                )
+                if resp.status >= 300:
+                    raise await self._error(resp)
+                if not call.stream:
+                    body = await resp.read()
+                    resp.release()
+                    return self._complete(body)
+        except ProviderError:
+            if resp is not None:
+                resp.release()
+            raise
+        except TimeoutError:
+            if resp is not None:
+                resp.close()
+            what = "a response" if resp is None or not call.stream else "the stream to start"
+            raise ProviderTimeout(
+                f"no {what} within {limit:g}s", deployment=self._name
+            ) from None
+        except aiohttp.ClientPayloadError as exc:
+            if resp is not None:
+                resp.close()
+            raise BadUpstreamResponse(
+                f"upstream closed the connection before the body was complete ({exc})",
+                deployment=self._name,
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise ProviderUnreachable(
+                f"cannot reach upstream: {_describe(exc)}", deployment=self._name
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            if resp is not None:
+                resp.close()
+            raise ProviderConnectionError(
+                f"cannot reach upstream: {_describe(exc)}", deployment=self._name
+            ) from None
+        return self._stream(resp, call)
+
+    def _complete(self, body: bytes) -> ProviderResponse:
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise BadUpstreamResponse(
+                f"upstream answered 200 with a body that is not JSON ({len(body)} bytes)",
+                deployment=self._name,
+            ) from None
+        if not isinstance(parsed, dict):
+            raise BadUpstreamResponse(
+                "upstream answered 200 with JSON that is not an object", deployment=self._name
+            )
+        if "error" in parsed and "choices" not in parsed and "data" not in parsed:
+            raise _error_from_body(200, parsed, self._name, None)
+        return ProviderResponse(body=body, usage=Usage.from_openai(parsed.get("usage")))
+
+    def _stream(self, resp: aiohttp.ClientResponse, call: ProviderCall) -> SSEStream:
+        content_type = resp.headers.get("Content-Type", "")
+        if not content_type.startswith("text/event-stream"):
+            resp.close()
+            raise BadUpstreamResponse(
+                f"asked for a stream, upstream answered with content type {content_type!r}",
+                deployment=self._name,
+            )
+        return SSEStream(
+            resp.content.readline,
+            deployment=self._name,
+            first_timeout=min(call.timeout, self._first_token_timeout),
+            idle_timeout=self._idle_timeout,
+            on_close=resp.close,
+        )
+
+    async def _error(self, resp: aiohttp.ClientResponse) -> ProviderError:
+        retry_after = parse_retry_after(resp.headers)
+        try:
+            raw = await resp.content.read(_ERROR_BODY_LIMIT)
+        except (aiohttp.ClientError, OSError):
+            raw = b""
+        try:
+            parsed: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return _error_from_body(resp.status, parsed, self._name, retry_after)
+        text = raw[:200].decode("utf-8", "replace").strip() or resp.reason or "no body"
+        return error_for_status(
+            resp.status, f"upstream {resp.status}: {text}", deployment=self._name, retry_after=retry_after
+        )
+
+    async def close(self) -> None:
+        """The shared session is closed by its owner."""
+
+
+def _error_from_body(
+    status: int, parsed: dict[str, Any], deployment: str, retry_after: float | None
+) -> ProviderError:
+    error = parsed.get("error")
+    if isinstance(error, dict):
+        message = str(error.get("message") or f"upstream error {status}")
+        code = error.get("code")
+        param = error.get("param")
+        if status == 200:
+            status = 502
+        return error_for_status(
+            status,
+            message,
+            deployment=deployment,
+            retry_after=retry_after,
+            code=str(code) if code is not None else None,
+            param=str(param) if param is not None else None,
+        )
+    message = str(error or parsed.get("message") or f"upstream error {status}")
+    return error_for_status(
+        502 if status == 200 else status, message, deployment=deployment, retry_after=retry_after
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"connection to {exc.host}:{exc.port} failed ({exc.os_error.strerror or exc.os_error})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server closed the connection before answering"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

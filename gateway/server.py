@@ -1,0 +1,314 @@
+"""The OpenAI-compatible HTTP surface, and the one place that drives a request.
+
+The request path (keep this list true):
+
+1. **Accept**: size limit (``server.max_body_size`` → 413), optional client auth
+   (``server.api_keys``, constant-time compare → 401), parse the JSON body once with orjson (→ 400).
+2. **Describe**: :func:`gateway.validation.validate` checks the fields routing relies on and names
+   the bad one (→ 400); the client-facing ``model`` picks a route (→ 404 listing the known names).
+3. **Rank**: the route's deployments in configured order, keeping those whose tags serve the
+   endpoint (the policy engine replaces this step).
+4. **Execute**: :func:`gateway.executor.execute` walks the plan under one overall deadline
+   (``server.request_timeout``), retrying or failing over by error class; a stream counts as
+   answered only once its first event arrived.
+5. **Relay**: a non-streaming body goes back as the upstream sent it; SSE events are written one
+   by one as they arrive. A stream that breaks after its first event ends with an in-band
+   ``error`` event and no ``[DONE]``: a truncated answer is never presented as complete.
+6. **Record**: one ``request`` log event (request id, model, deployment, attempts, status,
+   latency, tokens); every response carries ``x-request-id``, ``x-gateway-deployment`` and
+   ``x-gateway-attempts``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import re
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.config import GatewayConfig
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    PayloadTooLarge,
+    ProviderError,
+    Unauthorized,
+)
+from gateway.executor import Attempt, Deployment, execute
+from gateway.logs import get_logger
+from gateway.providers.base import ProviderCall, ProviderResponse
+from gateway.validation import validate
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+ENDPOINTS = ("chat/completions", "completions", "embeddings")
+
+
+class Gateway:
+    """Routes, deployments and handlers for one loaded configuration."""
+
+    def __init__(self, config: GatewayConfig, deployments: dict[str, Deployment]) -> None:
+        self.config = config
+        self.deployments = deployments
+        self._max_body = config.server.max_body_size
+        self._timeout = config.server.request_timeout
+        self._keys = [k.get_secret_value().encode() for k in config.server.api_keys]
+        self._log = get_logger("gateway.request")
+        # client-facing model -> endpoint -> ordered deployments that serve that endpoint
+        self.routes: dict[str, dict[str, list[Deployment]]] = {}
+        for name, names in config.route_table().items():
+            per_endpoint: dict[str, list[Deployment]] = {}
+            for endpoint in ENDPOINTS:
+                per_endpoint[endpoint] = [
+                    deployments[d] for d in names if config.deployment(d).supports(endpoint)
+                ]
+            self.routes[name] = per_endpoint
+        self._models_body = orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"id": name, "object": "model", "created": 0, "owned_by": "gateway"}
+                    for name in sorted(self.routes)
+                ],
+            }
+        )
+
+    # --- application ---------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self._max_body + 1)
+        for endpoint in ENDPOINTS:
+            resource = app.router.add_resource(f"/v1/{endpoint}")
+            resource.add_route("POST", self._handler(endpoint))
+            resource.add_route("*", self._method_not_allowed)
+        for path, handler in (
+            ("/v1/models", self.models),
+            ("/healthz", self.healthz),
+            ("/readyz", self.readyz),
+        ):
+            resource = app.router.add_resource(path)
+            resource.add_route("GET", handler)
+            resource.add_route("*", self._method_not_allowed)
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
+        return app
+
+    async def models(self, request: web.Request) -> web.Response:
+        if self._keys:
+            try:
+                self._authorize(request)
+            except Unauthorized as exc:
+                return _error_response(exc, _request_id(request))
+        return web.Response(body=self._models_body, content_type="application/json")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        routable = sum(1 for d in self.deployments.values() if _has_capacity(d))
+        status = 200 if routable else 503
+        return web.json_response(
+            {"status": "ready" if routable else "unavailable", "routable_deployments": routable},
+            status=status,
+        )
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        return _error_response(
+            NotFound(f"no route for {request.method} {request.path}; see GET /v1/models"),
+            _request_id(request),
+        )
+
+    async def _method_not_allowed(self, request: web.Request) -> web.Response:
+        allowed = "POST" if request.path.removeprefix("/v1/") in ENDPOINTS else "GET"
+        resp = _error_response(
+            MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {allowed}"),
+            _request_id(request),
+        )
+        resp.headers["Allow"] = allowed
+        return resp
+
+    # --- the request path ----------------------------------------------------------------
+
+    def _handler(self, endpoint: str) -> Any:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self.handle(endpoint, request)
+
+        return handle
+
+    async def handle(self, endpoint: str, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        request_id = _request_id(request)
+        model = None
+        attempt: Attempt | None = None
+        status = 200
+        error: GatewayError | None = None
+        try:
+            # 1. Accept
+            if self._keys:
+                self._authorize(request)
+            if request.content_length is not None and request.content_length > self._max_body:
+                raise _too_large(self._max_body)
+            try:
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise _too_large(self._max_body) from None
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+            # 2. Describe
+            validate(endpoint, body)
+            model = body["model"]
+            route = self.routes.get(model)
+            if route is None:
+                raise ModelNotFound(
+                    f"model `{model}` is not served here; available: {', '.join(sorted(self.routes))}",
+                    param="model",
+                )
+            # 3. Rank
+            plan = route[endpoint]
+            if not plan:
+                raise InvalidRequest(
+                    f"model `{model}` has no deployment that serves /v1/{endpoint}", param="model"
+                )
+            # 4. Execute
+            stream = body.get("stream") is True
+            call = ProviderCall(endpoint, body, raw, stream, request_id, self._timeout)
+            loop = asyncio.get_running_loop()
+            attempt = await execute(plan, call, deadline=loop.time() + self._timeout)
+            # 5. Relay
+            headers = {
+                "x-request-id": request_id,
+                "x-gateway-deployment": attempt.deployment.name,
+                "x-gateway-attempts": str(attempt.attempts),
+            }
+            result = attempt.result
+            if isinstance(result, ProviderResponse):
+                attempt.release()
+                headers["Content-Type"] = result.content_type
+                return web.Response(body=result.body, headers=headers)
+            return await self._relay(request, attempt, headers)
+        except GatewayError as exc:
+            error = exc
+            status = exc.status
+            return _error_response(exc, request_id, attempt=exc.attempts)
+        finally:
+            # 6. Record
+            self._record(endpoint, request_id, model, attempt, status, error, started)
+
+    async def _relay(
+        self, request: web.Request, attempt: Attempt, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        stream = attempt.result
+        assert not isinstance(stream, ProviderResponse)
+        resp = web.StreamResponse(headers={**headers, **_SSE_HEADERS})
+        try:
+            await resp.prepare(request)
+            assert attempt.first is not None
+            await resp.write(attempt.first)
+            try:
+                async for event in stream:
+                    await resp.write(event)
+            except ProviderError as exc:
+                attempt.errors.append(exc)
+                attempt.outcome = exc.label
+                await resp.write(_sse_error(exc))
+        except (ConnectionError, asyncio.CancelledError):
+            attempt.outcome = "caller_disconnected"
+            raise
+        finally:
+            await stream.aclose()
+            attempt.release()
+        await resp.write_eof()
+        return resp
+
+    def _authorize(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization", "")
+        token = header[7:].encode() if header[:7].lower() == "bearer " else b""
+        # Compare against every key so timing does not reveal which one nearly matched.
+        ok = False
+        for key in self._keys:
+            ok |= hmac.compare_digest(token, key)
+        if not ok:
+            raise Unauthorized(
+                "missing or invalid API key: send `Authorization: Bearer <key>` with a key from "
+                "server.api_keys"
+            )
+
+    def _record(
+        self,
+        endpoint: str,
+        request_id: str,
+        model: str | None,
+        attempt: Attempt | None,
+        status: int,
+        error: GatewayError | None,
+        started: float,
+    ) -> None:
+        fields: dict[str, Any] = {
+            "request_id": request_id,
+            "endpoint": endpoint,
+            "model": model,
+            "status": status,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
+        if attempt is not None:
+            fields["deployment"] = attempt.deployment.name
+            fields["attempts"] = attempt.attempts
+            result = attempt.result
+            usage = result.usage if isinstance(result, ProviderResponse) else result.state.usage
+            if usage is not None:
+                fields["prompt_tokens"] = usage.prompt_tokens
+                fields["completion_tokens"] = usage.completion_tokens
+            if attempt.errors:
+                fields["failed_attempts"] = [f"{e.deployment}:{e.label}" for e in attempt.errors]
+            if attempt.outcome is not None:
+                fields["stream_outcome"] = attempt.outcome
+        elif error is not None:
+            fields["attempts"] = error.attempts
+            fields["error"] = error.label
+        if error is not None:
+            self._log.warning("request", **fields)
+        else:
+            self._log.info("request", **fields)
+
+
+def _has_capacity(d: Deployment) -> bool:
+    return d.max_concurrency is None or d.inflight < d.max_concurrency
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the request body is larger than the limit of {limit} bytes (server.max_body_size)"
+    )
+
+
+def _request_id(request: web.Request) -> str:
+    incoming = request.headers.get("x-request-id")
+    if incoming is not None and _REQUEST_ID.match(incoming):
+        return incoming
+    return os.urandom(12).hex()
+
+
+def _error_response(exc: GatewayError, request_id: str, *, attempt: int = 0) -> web.Response:
+    headers = {"x-request-id": request_id, "x-gateway-attempts": str(attempt), **exc.headers()}
+    deployment = getattr(exc, "deployment", "") or getattr(getattr(exc, "last", None), "deployment", "")
+    if deployment:
+        headers["x-gateway-deployment"] = deployment
+    return web.Response(
+        status=exc.status,
+        body=orjson.dumps({"error": exc.to_openai()}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _sse_error(exc: GatewayError) -> bytes:
+    return b"data: " + orjson.dumps({"error": exc.to_openai()}) + b"\n\n"

@@ -1,0 +1,116 @@
+"""A scripted OpenAI-compatible upstream for provider-boundary tests.
+
+Each request takes the next step of ``script`` (or ``"ok"`` when it is empty) and records what it
+received, so a test can say exactly what the upstream does and assert exactly what it saw.
+
+Steps: ``"ok"``, ``("status", code, retry_after_or_None)``, ``"garbage"``, ``"close_early"``
+(headers and half a body, then the connection drops), ``"reset"`` (connection dropped before any
+byte), ``"hang"``, ``"stream_ok"``, ``("stream_cut", n)``, ``"not_json_object"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class Upstream:
+    script: list[Any] = field(default_factory=list)
+    received: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.chat)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        return app
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.received.append(body)
+        self.headers.append(dict(request.headers))
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+                "model": body["model"],
+                "usage": {"prompt_tokens": 2, "total_tokens": 2},
+            }
+        )
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.raw.append(await request.read())
+        body = await request.json()
+        self.received.append(body)
+        self.headers.append(dict(request.headers))
+        step = self.script.pop(0) if self.script else ("stream_ok" if body.get("stream") else "ok")
+        kind = step[0] if isinstance(step, tuple) else step
+        if kind == "ok":
+            return web.json_response(_completion(body["model"], "hello from upstream"))
+        if kind == "status":
+            _, code, retry_after = step
+            headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
+            return web.json_response(
+                {"error": {"message": f"upstream says {code}", "type": "server_error",
+                           "code": "upstream_code"}},
+                status=code,
+                headers=headers,
+            )
+        if kind == "garbage":
+            return web.Response(body=b"<html>oops</html>", content_type="application/json")
+        if kind == "not_json_object":
+            return web.Response(body=b"[1, 2]", content_type="application/json")
+        if kind == "close_early":
+            resp = web.StreamResponse(headers={"Content-Type": "application/json",
+                                               "Content-Length": "500"})
+            await resp.prepare(request)
+            await resp.write(b'{"id": "x", "choi')
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        if kind == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
+        if kind == "hang":
+            await asyncio.sleep(60)
+        if kind in ("stream_ok", "stream_cut"):
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            words = ["one ", "two ", "three ", "four"]
+            cut = step[1] if kind == "stream_cut" else None
+            for i, word in enumerate(words):
+                if cut is not None and i == cut:
+                    assert request.transport is not None
+                    request.transport.close()
+                    return resp
+                await resp.write(_chunk(body["model"], {"content": word}, None))
+            await resp.write(_chunk(body["model"], {}, "stop"))
+            await resp.write(b"data: [DONE]\n\n")
+            return resp
+        raise AssertionError(f"unknown step {step!r}")
+
+
+def _completion(model: str, text: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-up",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7},
+    }
+
+
+def _chunk(model: str, delta: dict[str, Any], finish: str | None) -> bytes:
+    event = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 0, "model": model,
+             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return b"data: " + orjson.dumps(event) + b"\n\n"

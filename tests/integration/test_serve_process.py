@@ -1,0 +1,154 @@
+"""`gateway serve` as a real process: startup, one JSON log event per request, no secrets, exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakes.openai_upstream import Upstream
+
+UPSTREAM_KEY = "sk-upstream-very-secret-0123456789"
+CALLER_KEY = "gw-caller-secret-abcdef"
+
+
+def _start(config: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **env},
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 20
+    seen = b""
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen += line
+        if m := re.search(rb"listening on (http://\S+)", line):
+            return proc, m.group(1).decode()
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError(f"gateway did not start: {seen.decode(errors='replace')}")
+
+
+def _request(url: str, body: Any, key: str | None = CALLER_KEY) -> int:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers,
+                                 method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+            return resp.status
+    except urllib.error.HTTPError as err:
+        err.read()
+        return err.code
+
+
+def test_serve_logs_one_json_event_per_request_and_never_a_secret(
+    tmp_path: Path, serve_app: Any
+) -> None:
+    """Each request gives exactly one JSON `request` event; keys never appear in any output."""
+    up = Upstream()
+
+    async def make() -> Any:
+        return up.app()
+
+    up_url = serve_app(make).url
+    config = tmp_path / "gw.yaml"
+    config.write_text(f"""
+server:
+  api_keys: ["${{GW_TEST_CALLER_KEY}}"]
+logging:
+  format: auto
+deployments:
+  - name: up
+    provider: openai
+    model: up-model
+    aliases: [chat]
+    base_url: {up_url}/v1
+    api_key: ${{GW_TEST_UPSTREAM_KEY}}
+  - name: dead
+    provider: openai
+    model: dead-model
+    base_url: http://127.0.0.1:1/v1
+    api_key: ${{GW_TEST_UPSTREAM_KEY}}
+""")
+    proc, url = _start(config, {"GW_TEST_UPSTREAM_KEY": UPSTREAM_KEY,
+                                "GW_TEST_CALLER_KEY": CALLER_KEY})
+    try:
+        chat = f"{url}/v1/chat/completions"
+        msgs = [{"role": "user", "content": "hi"}]
+        statuses = [
+            _request(chat, {"model": "chat", "messages": msgs}),
+            _request(chat, {"model": "dead-model", "messages": msgs}),
+            _request(chat, {"model": "chat"}),
+            _request(chat, {"model": "chat", "messages": msgs}, key="wrong-key"),
+        ]
+        assert statuses == [200, 502, 400, 401]
+        assert up.headers[0]["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    events = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+    requests = [e for e in events if e["event"] == "request"]
+    assert [e["status"] for e in requests] == [200, 502, 400, 401]
+    ok = requests[0]
+    assert ok["deployment"] == "up" and ok["attempts"] == 1 and ok["model"] == "chat"
+    assert ok["prompt_tokens"] == 4 and ok["completion_tokens"] == 3
+    assert ok["latency_ms"] > 0 and len(ok["request_id"]) == 24
+    assert requests[1]["error"] == "exhausted" and requests[1]["attempts"] == 1
+    everything = out + err
+    assert UPSTREAM_KEY.encode() not in everything
+    assert CALLER_KEY.encode() not in everything
+    assert b"wrong-key" not in everything
+
+
+def test_serve_refuses_a_bad_config_with_file_line_and_path(tmp_path: Path) -> None:
+    """A bad config stops `serve` before it binds, with file:line: path: reason and no traceback."""
+    config = tmp_path / "bad.yaml"
+    config.write_text("deployments:\n  - name: a\n    provider: openai\n    model: m\n"
+                      "    base_url: http://x/v1\n    api_key: ${GW_TEST_UNSET_VAR}\n")
+    env = {k: v for k, v in os.environ.items() if k != "GW_TEST_UNSET_VAR"}
+    proc = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+                          capture_output=True, env=env, timeout=30)
+    assert proc.returncode == 2
+    err = proc.stderr.decode()
+    assert f"{config}:6: deployments[0].api_key: environment variable GW_TEST_UNSET_VAR" in err
+    assert "Traceback" not in err
+    assert proc.stdout == b""
+
+
+@pytest.mark.parametrize("port_taken", [True])
+def test_serve_on_a_taken_port_exits_with_a_clear_message(tmp_path: Path, port_taken: bool,
+                                                          serve_app: Any) -> None:
+    """Binding a port already in use is a one-line error, not a traceback."""
+    up = Upstream()
+
+    async def make() -> Any:
+        return up.app()
+
+    taken = serve_app(make).port
+    config = tmp_path / "gw.yaml"
+    config.write_text("deployments:\n  - {name: a, provider: openai, model: m, "
+                      "base_url: 'http://127.0.0.1:1/v1'}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(taken)],
+        capture_output=True, timeout=30,
+    )
+    assert proc.returncode != 0
+    assert b"cannot listen on 127.0.0.1:" in proc.stderr
+    assert b"Traceback" not in proc.stderr

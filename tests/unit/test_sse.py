@@ -1,0 +1,133 @@
+"""SSEStream decides whether a stream ended well, and never passes off a truncated one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import orjson
+import pytest
+
+from gateway.errors import ProviderTimeout, StreamBroken
+from gateway.providers.base import DONE_EVENT
+from gateway.providers.sse import SSEStream
+
+
+def _chunk(content: str | None = None, finish: str | None = None, usage: bool = False) -> bytes:
+    event: dict[str, object] = {
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"content": content} if content else {},
+                     "finish_reason": finish}],
+    }
+    if usage:
+        event["usage"] = {"prompt_tokens": 3, "completion_tokens": 2}
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+def _source(*parts: bytes | float) -> Callable[[], Awaitable[bytes]]:
+    """A readline over the given SSE text; a float pauses that many seconds."""
+    lines: list[bytes | float] = []
+    for part in parts:
+        if isinstance(part, float):
+            lines.append(part)
+        else:
+            lines.extend(part.splitlines(keepends=True))
+
+    async def readline() -> bytes:
+        while lines:
+            item = lines.pop(0)
+            if isinstance(item, float):
+                await asyncio.sleep(item)
+                continue
+            return item
+        return b""
+
+    return readline
+
+
+def _collect(stream: SSEStream) -> list[bytes]:
+    async def run() -> list[bytes]:
+        return [event async for event in stream]
+
+    return asyncio.run(run())
+
+
+def _stream(*parts: bytes | float, first: float = 1.0, idle: float = 1.0) -> SSEStream:
+    return SSEStream(_source(*parts), deployment="d", first_timeout=first, idle_timeout=idle)
+
+
+def test_complete_stream_relays_events_and_tracks_state() -> None:
+    """Events pass through unchanged; finish reason and usage are recorded."""
+    s = _stream(_chunk("a"), _chunk("b"), _chunk(finish="stop"), _chunk(usage=True),
+                b"data: [DONE]\n\n")
+    events = _collect(s)
+    assert events[0] == _chunk("a")
+    assert events[-1] == DONE_EVENT
+    assert len(events) == 5
+    assert s.state.finish_reason == "stop"
+    assert s.state.usage is not None and s.state.usage.completion_tokens == 2
+    assert s.state.done
+
+
+def test_missing_done_after_finish_is_completed_with_done() -> None:
+    """A stream that finished but omitted [DONE] ends with a [DONE] added."""
+    s = _stream(_chunk("a"), _chunk(finish="stop"))
+    assert _collect(s)[-1] == DONE_EVENT
+    assert s.state.done
+
+
+def test_stream_ending_without_finish_is_broken() -> None:
+    """A source that ends before any finish_reason is a broken stream, not a success."""
+    s = _stream(_chunk("a"), _chunk("b"))
+    with pytest.raises(StreamBroken, match="without finishing after 2 chunks"):
+        _collect(s)
+    assert not s.state.done
+
+
+def test_malformed_event_is_broken() -> None:
+    """An event that is not JSON breaks the stream."""
+    with pytest.raises(StreamBroken, match="not JSON"):
+        _collect(_stream(_chunk("a"), b"data: {oops\n\n"))
+
+
+def test_in_band_error_event_is_broken() -> None:
+    """An upstream `error` event is surfaced as a broken stream with its message."""
+    with pytest.raises(StreamBroken, match="overloaded"):
+        _collect(_stream(_chunk("a"), b'data: {"error": {"message": "overloaded"}}\n\n'))
+
+
+def test_stall_past_idle_timeout_is_broken() -> None:
+    """No event for longer than the idle timeout after the first one breaks the stream."""
+    with pytest.raises(StreamBroken, match="stalled"):
+        _collect(_stream(_chunk("a"), 0.5, _chunk(finish="stop"), idle=0.05))
+
+
+def test_no_first_event_is_a_timeout() -> None:
+    """Nothing before the first-token timeout is a ProviderTimeout (fail over, not broken)."""
+    with pytest.raises(ProviderTimeout, match="no first token"):
+        _collect(_stream(0.5, _chunk("a"), first=0.05))
+
+
+def test_comments_and_multiline_data_are_handled() -> None:
+    """Comment lines are skipped and multi-line data fields are joined."""
+    s = _stream(b": keep-alive\n\n", b'data: {"choices":\ndata: []}\n\n', _chunk(finish="stop"),
+                b"data: [DONE]\n\n")
+    events = _collect(s)
+    assert events[0] == b'data: {"choices":\n[]}\n\n'
+    assert events[-1] == DONE_EVENT
+
+
+def test_close_callback_runs_once() -> None:
+    """aclose releases the upstream exactly once, however often it is called."""
+    closed: list[int] = []
+    s = SSEStream(_source(_chunk(finish="stop")), deployment="d", first_timeout=1,
+                  idle_timeout=1, on_close=lambda: closed.append(1))
+
+    async def run() -> None:
+        async for _ in s:
+            pass
+        await s.aclose()
+        await s.aclose()
+
+    asyncio.run(run())
+    assert closed == [1]
