@@ -70,8 +70,14 @@ def _banner(url: str, model: str) -> str:
   curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}]}}'
 
-  python -c 'from openai import OpenAI; c = OpenAI(base_url="{url}/v1", api_key="unused"); \\
-print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)'
+  python - <<'EOF'
+from openai import OpenAI
+client = OpenAI(base_url="{url}/v1", api_key="unused")
+reply = client.chat.completions.create(
+    model="{model}", messages=[{{"role": "user", "content": "Hello"}}]
+)
+print(reply.choices[0].message.content)
+EOF
 """
 
 
@@ -90,7 +96,9 @@ async def _run(config: GatewayConfig, host: str, port: int, started: float) -> N
     model = sorted(config.route_table())[0]
     print(_banner(url, model), file=sys.stderr, flush=True)
     get_logger("gateway").info(
-        "started", url=url, deployments=len(config.deployments),
+        "started",
+        url=url,
+        deployments=len(config.deployments),
         ready_ms=round((time.perf_counter() - started) * 1000, 1),
     )
     stop = asyncio.Event()

@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="validate a config file without serving")
     check.add_argument("file", metavar="FILE")
 
-    simulate = sub.add_parser("simulate", help="run a standalone simulated OpenAI-compatible upstream")
+    simulate = sub.add_parser(
+        "simulate", help="run a standalone simulated OpenAI-compatible upstream"
+    )
     simulate.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     simulate.add_argument("--port", type=int, default=9000, help="port to bind (default 9000)")
     simulate.add_argument("--faults", metavar="FILE", help="YAML behaviour and fault schedule")

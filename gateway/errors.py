@@ -1,10 +1,10 @@
 """The gateway's one error tree.
 
 Foreign exceptions (aiohttp, asyncio, litellm) are translated into these classes once, at the
-provider boundary (``gateway/providers/``), and nowhere else. Each class knows what should happen
-next (its :class:`Action`), the HTTP status the caller sees when nothing else can serve, the OpenAI
-error ``type``/``code`` and a low-cardinality ``label`` for metrics and logs. Only the server renders
-the OpenAI-shaped body ``{"error": {"message", "type", "param", "code"}}``.
+provider boundary (``gateway/providers/``), and nowhere else. Each class knows what should
+happen next (its :class:`Action`), the HTTP status the caller sees when nothing else can serve,
+the OpenAI error ``type``/``code`` and a low-cardinality ``label`` for metrics and logs. Only the
+server renders the OpenAI-shaped body ``{"error": {"message", "type", "param", "code"}}``.
 
 ::
 
@@ -243,7 +243,9 @@ class NoDeploymentAvailable(GatewayError):
     code = "no_deployment_available"
     label = "exhausted"
 
-    def __init__(self, message: str, *, last: ProviderError | None = None, attempts: int = 0) -> None:
+    def __init__(
+        self, message: str, *, last: ProviderError | None = None, attempts: int = 0
+    ) -> None:
         super().__init__(message)
         self.last = last
         self.attempts = attempts
@@ -283,7 +285,9 @@ def error_for_status(
     if 400 <= status < 500:
         return ProviderRejected(message, upstream_status=status, code=code, **kwargs)
     if status in (503, 529):
-        return ProviderUnavailable(message, upstream_status=status, retry_after=retry_after, **kwargs)
+        return ProviderUnavailable(
+            message, upstream_status=status, retry_after=retry_after, **kwargs
+        )
     if status == 504:
         return ProviderTimeout(message, upstream_status=status, **kwargs)
     return ProviderServerError(message, upstream_status=status, retry_after=retry_after, **kwargs)

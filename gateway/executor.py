@@ -65,18 +65,19 @@ class Attempt:
             self.deployment.inflight -= 1
 
 
-async def execute(
-    plan: list[Deployment], call: ProviderCall, *, deadline: float
-) -> Attempt:
+async def execute(plan: list[Deployment], call: ProviderCall, *, deadline: float) -> Attempt:
     """Try the plan in order under ``deadline`` (a ``loop.time()`` value)."""
     loop = asyncio.get_running_loop()
     attempts = 0
     errors: list[ProviderError] = []
     min_context: int | None = None
     for dep in plan:
-        if min_context is not None and dep.context_window is not None:
-            if dep.context_window <= min_context:
-                continue
+        if (
+            min_context is not None
+            and dep.context_window is not None
+            and dep.context_window <= min_context
+        ):
+            continue
         if dep.max_concurrency is not None and dep.inflight >= dep.max_concurrency:
             errors.append(
                 ProviderUnavailable(
@@ -126,7 +127,9 @@ async def execute(
     raise _exhausted(errors, attempts, deadline_hit=False)
 
 
-def _exhausted(errors: list[ProviderError], attempts: int, *, deadline_hit: bool) -> NoDeploymentAvailable:
+def _exhausted(
+    errors: list[ProviderError], attempts: int, *, deadline_hit: bool
+) -> NoDeploymentAvailable:
     last = errors[-1] if errors else None
     if deadline_hit:
         last = ProviderTimeout(
@@ -135,7 +138,9 @@ def _exhausted(errors: list[ProviderError], attempts: int, *, deadline_hit: bool
         )
         errors.append(last)
     if last is None:
-        return NoDeploymentAvailable("no deployment could take the request", last=None, attempts=attempts)
+        return NoDeploymentAvailable(
+            "no deployment could take the request", last=None, attempts=attempts
+        )
     tried = ", ".join(dict.fromkeys(e.deployment for e in errors if e.deployment))
     return NoDeploymentAvailable(
         f"every deployment failed ({attempts} attempt{'s' if attempts != 1 else ''} over "

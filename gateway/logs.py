@@ -23,8 +23,12 @@ _SECRET_KEYS = re.compile(
     r"(authorization|api[-_]?key|(^|[-_])token$|secret|password|cookie)", re.IGNORECASE
 )
 _BEARER = re.compile(r"(?i)\bbearer\s+[^\s\"',]+")
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 REDACTED = "[redacted]"
 
 
@@ -59,7 +63,8 @@ def configure(settings: LoggingSettings, *, stream: Any = None) -> None:
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(serializer=_orjson_dumps),
         ]
-        factory: Any = structlog.BytesLoggerFactory(getattr(out, "buffer", out))
+        binary: Any = out.buffer if hasattr(out, "buffer") else out
+        factory: Any = structlog.BytesLoggerFactory(binary)
     else:
         processors = [*shared, structlog.dev.ConsoleRenderer(colors=out.isatty())]
         factory = structlog.PrintLoggerFactory(out)

@@ -168,8 +168,9 @@ class Gateway:
             model = body["model"]
             route = self.routes.get(model)
             if route is None:
+                known = ", ".join(sorted(self.routes))
                 raise ModelNotFound(
-                    f"model `{model}` is not served here; available: {', '.join(sorted(self.routes))}",
+                    f"model `{model}` is not served here; available: {known}",
                     param="model",
                 )
             # 3. Rank
@@ -299,7 +300,9 @@ def _request_id(request: web.Request) -> str:
 
 def _error_response(exc: GatewayError, request_id: str, *, attempt: int = 0) -> web.Response:
     headers = {"x-request-id": request_id, "x-gateway-attempts": str(attempt), **exc.headers()}
-    deployment = getattr(exc, "deployment", "") or getattr(getattr(exc, "last", None), "deployment", "")
+    deployment = getattr(exc, "deployment", "") or getattr(
+        getattr(exc, "last", None), "deployment", ""
+    )
     if deployment:
         headers["x-gateway-deployment"] = deployment
     return web.Response(

@@ -49,7 +49,9 @@ def parse_size(value: object) -> int:
     elif isinstance(value, str) and (m := _SIZE.match(value)):
         size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
     else:
-        raise ValueError(f"expected a size such as '10MiB', '512KB' or a number of bytes, got {value!r}")
+        raise ValueError(
+            f"expected a size such as '10MiB', '512KB' or a number of bytes, got {value!r}"
+        )
     if size <= 0:
         raise ValueError(f"a size must be positive, got {value!r}")
     return size

@@ -22,8 +22,14 @@ _LIST_FIELDS = ("tools", "functions")
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-            dict: "object"}.get(type(value), type(value).__name__)
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+    }.get(type(value), type(value).__name__)
 
 
 def validate(endpoint: str, body: Any) -> None:
@@ -67,7 +73,9 @@ def validate(endpoint: str, body: Any) -> None:
     for name in _INT_FIELDS:
         value = body.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise InvalidRequest(f"`{name}` must be an integer, got {_type_name(value)}", param=name)
+            raise InvalidRequest(
+                f"`{name}` must be an integer, got {_type_name(value)}", param=name
+            )
     for name in _NUMBER_FIELDS:
         value = body.get(name)
         if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):

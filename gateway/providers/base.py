@@ -86,7 +86,8 @@ class ProviderStream(Protocol):
 class Provider(Protocol):
     """An upstream deployment."""
 
-    deployment: DeploymentConfig
+    @property
+    def deployment(self) -> DeploymentConfig: ...
 
     async def send(self, call: ProviderCall) -> ProviderResponse | ProviderStream: ...
 

@@ -99,9 +99,7 @@ class OpenAIProvider:
             if resp is not None:
                 resp.close()
             what = "a response" if resp is None or not call.stream else "the stream to start"
-            raise ProviderTimeout(
-                f"no {what} within {limit:g}s", deployment=self._name
-            ) from None
+            raise ProviderTimeout(f"no {what} within {limit:g}s", deployment=self._name) from None
         except aiohttp.ClientPayloadError as exc:
             if resp is not None:
                 resp.close()
@@ -167,7 +165,10 @@ class OpenAIProvider:
             return _error_from_body(resp.status, parsed, self._name, retry_after)
         text = raw[:200].decode("utf-8", "replace").strip() or resp.reason or "no body"
         return error_for_status(
-            resp.status, f"upstream {resp.status}: {text}", deployment=self._name, retry_after=retry_after
+            resp.status,
+            f"upstream {resp.status}: {text}",
+            deployment=self._name,
+            retry_after=retry_after,
         )
 
     async def close(self) -> None:
@@ -200,7 +201,9 @@ def _error_from_body(
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"connection to {exc.host}:{exc.port} failed ({exc.os_error.strerror or exc.os_error})"
+        return (
+            f"connection to {exc.host}:{exc.port} failed ({exc.os_error.strerror or exc.os_error})"
+        )
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "server closed the connection before answering"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -58,8 +58,13 @@ class Upstream:
             _, code, retry_after = step
             headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
             return web.json_response(
-                {"error": {"message": f"upstream says {code}", "type": "server_error",
-                           "code": "upstream_code"}},
+                {
+                    "error": {
+                        "message": f"upstream says {code}",
+                        "type": "server_error",
+                        "code": "upstream_code",
+                    }
+                },
                 status=code,
                 headers=headers,
             )
@@ -68,8 +73,9 @@ class Upstream:
         if kind == "not_json_object":
             return web.Response(body=b"[1, 2]", content_type="application/json")
         if kind == "close_early":
-            resp = web.StreamResponse(headers={"Content-Type": "application/json",
-                                               "Content-Length": "500"})
+            resp = web.StreamResponse(
+                headers={"Content-Type": "application/json", "Content-Length": "500"}
+            )
             await resp.prepare(request)
             await resp.write(b'{"id": "x", "choi')
             assert request.transport is not None
@@ -104,13 +110,19 @@ def _completion(model: str, text: str) -> dict[str, Any]:
         "object": "chat.completion",
         "created": 0,
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": "stop"}],
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
         "usage": {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7},
     }
 
 
 def _chunk(model: str, delta: dict[str, Any], finish: str | None) -> bytes:
-    event = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 0, "model": model,
-             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    event = {
+        "id": "chatcmpl-up",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
     return b"data: " + orjson.dumps(event) + b"\n\n"

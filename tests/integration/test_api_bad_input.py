@@ -27,8 +27,9 @@ deployments:
 """
 
 
-def _post(url: str, data: bytes, method: str = "POST", headers: dict[str, str] | None = None
-          ) -> tuple[int, dict[str, Any], Any]:
+def _post(
+    url: str, data: bytes, method: str = "POST", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any], Any]:
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -71,16 +72,43 @@ def test_body_that_is_not_an_object_is_400(url: str, payload: Any) -> None:
         ({"model": 7, "messages": []}, "model", "non-empty string, got integer"),
         ({"model": "chat-model", "messages": "hi"}, "messages", "must be an array, got string"),
         ({"model": "chat-model", "messages": []}, "messages", "at least one message"),
-        ({"model": "chat-model", "messages": [{"role": "wizard", "content": "x"}]},
-         "messages[0].role", "must be one of"),
-        ({"model": "chat-model", "messages": [{"role": "user", "content": 5}]},
-         "messages[0].content", "string or an array"),
-        ({"model": "chat-model", "messages": [{"role": "user", "content": "x"}], "stream": "yes"},
-         "stream", "must be a boolean"),
-        ({"model": "chat-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": "9"},
-         "max_tokens", "must be an integer, got string"),
-        ({"model": "chat-model", "messages": [{"role": "user", "content": "x"}],
-          "temperature": True}, "temperature", "must be a number, got boolean"),
+        (
+            {"model": "chat-model", "messages": [{"role": "wizard", "content": "x"}]},
+            "messages[0].role",
+            "must be one of",
+        ),
+        (
+            {"model": "chat-model", "messages": [{"role": "user", "content": 5}]},
+            "messages[0].content",
+            "string or an array",
+        ),
+        (
+            {
+                "model": "chat-model",
+                "messages": [{"role": "user", "content": "x"}],
+                "stream": "yes",
+            },
+            "stream",
+            "must be a boolean",
+        ),
+        (
+            {
+                "model": "chat-model",
+                "messages": [{"role": "user", "content": "x"}],
+                "max_tokens": "9",
+            },
+            "max_tokens",
+            "must be an integer, got string",
+        ),
+        (
+            {
+                "model": "chat-model",
+                "messages": [{"role": "user", "content": "x"}],
+                "temperature": True,
+            },
+            "temperature",
+            "must be a number, got boolean",
+        ),
     ],
 )
 def test_missing_or_mistyped_field_is_400_naming_the_field(
@@ -117,16 +145,18 @@ def test_unknown_model_is_404_listing_available_names(url: str) -> None:
 
 def test_model_without_a_deployment_for_the_endpoint_is_400(url: str) -> None:
     """Asking an embeddings-only model for a chat completion is the caller's error, said clearly."""
-    status, _, body = _chat(url, {"model": "embed-model", "messages": [{"role": "user",
-                                                                          "content": "x"}]})
+    status, _, body = _chat(
+        url, {"model": "embed-model", "messages": [{"role": "user", "content": "x"}]}
+    )
     assert status == 400
     assert "no deployment that serves /v1/chat/completions" in body["error"]["message"]
 
 
 def test_body_over_limit_is_413(url: str) -> None:
     """A body over server.max_body_size is refused with 413 before it is parsed."""
-    big = json.dumps({"model": "chat-model", "messages": [{"role": "user",
-                                                           "content": "x" * 4096}]}).encode()
+    big = json.dumps(
+        {"model": "chat-model", "messages": [{"role": "user", "content": "x" * 4096}]}
+    ).encode()
     status, _, body = _post(f"{url}/v1/chat/completions", big)
     assert status == 413
     assert body["error"]["code"] == "payload_too_large"
@@ -135,6 +165,7 @@ def test_body_over_limit_is_413(url: str) -> None:
 
 def test_chunked_body_over_limit_is_413(url: str) -> None:
     """A body without Content-Length is still cut off at the limit."""
+
     def chunks() -> Any:
         for _ in range(8):
             yield b"x" * 1024
@@ -167,8 +198,9 @@ def test_incoming_request_id_is_honoured(url: str) -> None:
     """A caller's x-request-id comes back unchanged; an unsafe one is replaced."""
     _, headers, _ = _post(f"{url}/v1/chat/completions", b"[]", headers={"x-request-id": "abc-123"})
     assert headers["x-request-id"] == "abc-123"
-    _, headers, _ = _post(f"{url}/v1/chat/completions", b"[]",
-                          headers={"x-request-id": "bad id\twith tab"})
+    _, headers, _ = _post(
+        f"{url}/v1/chat/completions", b"[]", headers={"x-request-id": "bad id\twith tab"}
+    )
     assert headers["x-request-id"] != "bad id\twith tab"
     assert len(headers["x-request-id"]) == 24
 
@@ -180,13 +212,13 @@ def test_client_auth_rejects_missing_and_wrong_keys(gateway: Any) -> None:
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
     with pytest.raises(openai.AuthenticationError):
-        client.chat.completions.create(model="chat-model", messages=[{"role": "user",
-                                                                      "content": "x"}])
+        client.chat.completions.create(
+            model="chat-model", messages=[{"role": "user", "content": "x"}]
+        )
     status, _, body = _chat(server.url, {"model": "chat-model"})
     assert status == 401
     assert "k-one" not in json.dumps(body)
     ok = openai.OpenAI(base_url=f"{server.url}/v1", api_key="k-two", max_retries=0)
     with pytest.raises(openai.APIStatusError) as info:  # past auth, the upstream is unreachable
-        ok.chat.completions.create(model="chat-model", messages=[{"role": "user",
-                                                                  "content": "x"}])
+        ok.chat.completions.create(model="chat-model", messages=[{"role": "user", "content": "x"}])
     assert info.value.status_code == 502

@@ -72,8 +72,10 @@ def test_body_is_forwarded_unchanged_when_model_names_match(gateway: Any, upstre
     """When the alias equals the upstream model name the exact bytes go upstream."""
     up, up_url = upstream
     gw = gateway(_config(up_url).replace("aliases: [chat]", "aliases: [up-model]"))
-    raw = b'{ "model" : "up-model",\n "messages": [{"role": "user", "content": "hi"}],' \
-          b' "custom_field": {"k": 1} }'
+    raw = (
+        b'{ "model" : "up-model",\n "messages": [{"role": "user", "content": "hi"}],'
+        b' "custom_field": {"k": 1} }'
+    )
     req = urllib.request.Request(f"{gw.url}/v1/chat/completions", data=raw, method="POST")
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 200
@@ -88,7 +90,10 @@ def test_body_is_rewritten_only_in_model_when_names_differ(gateway: Any, upstrea
         model="chat", messages=USER, temperature=0.25, extra_body={"custom_field": {"k": 1}}
     )
     assert up.received[0] == {
-        "model": "up-model", "messages": USER, "temperature": 0.25, "custom_field": {"k": 1}
+        "model": "up-model",
+        "messages": USER,
+        "temperature": 0.25,
+        "custom_field": {"k": 1},
     }
 
 
@@ -96,8 +101,7 @@ def test_streaming_completion_relays_every_chunk(gateway: Any, upstream: Any) ->
     """A stream arrives chunk by chunk and ends properly."""
     _, up_url = upstream
     gw = gateway(_config(up_url))
-    chunks = list(_client(gw.url).chat.completions.create(model="chat", messages=USER,
-                                                          stream=True))
+    chunks = list(_client(gw.url).chat.completions.create(model="chat", messages=USER, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "one two three four"
     assert chunks[-1].choices[0].finish_reason == "stop"
@@ -106,8 +110,11 @@ def test_streaming_completion_relays_every_chunk(gateway: Any, upstream: Any) ->
 def test_embeddings_and_completions_endpoints(gateway: Any, upstream: Any) -> None:
     """/v1/embeddings and /v1/completions reach deployments tagged for them."""
     up, up_url = upstream
-    gw = gateway(_config(up_url).replace("aliases: [chat]",
-                                         "aliases: [chat]\n    tags: [chat, completions, embeddings]"))
+    gw = gateway(
+        _config(up_url).replace(
+            "aliases: [chat]", "aliases: [chat]\n    tags: [chat, completions, embeddings]"
+        )
+    )
     client = _client(gw.url)
     emb = client.embeddings.create(model="chat", input="hi")
     assert emb.data[0].embedding == [0.1, 0.2]
@@ -154,8 +161,9 @@ def test_rate_limit_maps_to_sdk_rate_limit_error_with_retry_after(
     assert "upstream says 429" in info.value.message
 
 
-def test_provider_rejection_propagates_status_and_reason(gateway: Any, upstream: Any,
-                                                         serve_app: Any) -> None:
+def test_provider_rejection_propagates_status_and_reason(
+    gateway: Any, upstream: Any, serve_app: Any
+) -> None:
     """A 400 from the provider is not retried elsewhere: the caller sees the provider's reason."""
     up, up_url = upstream
     fb = Upstream()
@@ -197,9 +205,7 @@ def test_reset_before_any_byte_is_retried_once_on_the_same_deployment(
     assert len(up.received) == 2
 
 
-def test_hanging_upstream_times_out_and_never_hangs_the_caller(
-    gateway: Any, upstream: Any
-) -> None:
+def test_hanging_upstream_times_out_and_never_hangs_the_caller(gateway: Any, upstream: Any) -> None:
     """An upstream that never answers costs the overall deadline at most, then a 504."""
     up, up_url = upstream
     up.script = ["hang"]
@@ -211,17 +217,16 @@ def test_hanging_upstream_times_out_and_never_hangs_the_caller(
     assert time.monotonic() - started < 4
 
 
-def test_stream_cut_after_first_chunk_ends_with_in_band_error(
-    gateway: Any, upstream: Any
-) -> None:
+def test_stream_cut_after_first_chunk_ends_with_in_band_error(gateway: Any, upstream: Any) -> None:
     """A stream cut mid-answer ends with an error event and no [DONE]: never a fake success."""
     up, up_url = upstream
     up.script = [("stream_cut", 2)]
     gw = gateway(_config(up_url))
     received: list[Any] = []
     with pytest.raises(openai.APIError) as info:
-        for chunk in _client(gw.url).chat.completions.create(model="chat", messages=USER,
-                                                             stream=True):
+        for chunk in _client(gw.url).chat.completions.create(
+            model="chat", messages=USER, stream=True
+        ):
             received.append(chunk)
     assert "stream" in info.value.message
     assert [c.choices[0].delta.content for c in received] == ["one ", "two "]
@@ -231,7 +236,7 @@ def test_stream_cut_after_first_chunk_ends_with_in_band_error(
 def test_stream_cut_before_first_chunk_fails_over_invisibly(
     gateway: Any, upstream: Any, serve_app: Any
 ) -> None:
-    """A stream that breaks before its first chunk is retried elsewhere without the caller knowing."""
+    """A stream that breaks before its first chunk fails over without the caller knowing."""
     up, up_url = upstream
     fb = Upstream()
 

@@ -46,8 +46,9 @@ def _request(url: str, body: Any, key: str | None = CALLER_KEY) -> int:
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers,
-                                 method="POST")
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers=headers, method="POST"
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             resp.read()
@@ -86,8 +87,9 @@ deployments:
     base_url: http://127.0.0.1:1/v1
     api_key: ${{GW_TEST_UPSTREAM_KEY}}
 """)
-    proc, url = _start(config, {"GW_TEST_UPSTREAM_KEY": UPSTREAM_KEY,
-                                "GW_TEST_CALLER_KEY": CALLER_KEY})
+    proc, url = _start(
+        config, {"GW_TEST_UPSTREAM_KEY": UPSTREAM_KEY, "GW_TEST_CALLER_KEY": CALLER_KEY}
+    )
     try:
         chat = f"{url}/v1/chat/completions"
         msgs = [{"role": "user", "content": "hi"}]
@@ -120,11 +122,17 @@ deployments:
 def test_serve_refuses_a_bad_config_with_file_line_and_path(tmp_path: Path) -> None:
     """A bad config stops `serve` before it binds, with file:line: path: reason and no traceback."""
     config = tmp_path / "bad.yaml"
-    config.write_text("deployments:\n  - name: a\n    provider: openai\n    model: m\n"
-                      "    base_url: http://x/v1\n    api_key: ${GW_TEST_UNSET_VAR}\n")
+    config.write_text(
+        "deployments:\n  - name: a\n    provider: openai\n    model: m\n"
+        "    base_url: http://x/v1\n    api_key: ${GW_TEST_UNSET_VAR}\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "GW_TEST_UNSET_VAR"}
-    proc = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-                          capture_output=True, env=env, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        capture_output=True,
+        env=env,
+        timeout=30,
+    )
     assert proc.returncode == 2
     err = proc.stderr.decode()
     assert f"{config}:6: deployments[0].api_key: environment variable GW_TEST_UNSET_VAR" in err
@@ -133,8 +141,9 @@ def test_serve_refuses_a_bad_config_with_file_line_and_path(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("port_taken", [True])
-def test_serve_on_a_taken_port_exits_with_a_clear_message(tmp_path: Path, port_taken: bool,
-                                                          serve_app: Any) -> None:
+def test_serve_on_a_taken_port_exits_with_a_clear_message(
+    tmp_path: Path, port_taken: bool, serve_app: Any
+) -> None:
     """Binding a port already in use is a one-line error, not a traceback."""
     up = Upstream()
 
@@ -143,11 +152,14 @@ def test_serve_on_a_taken_port_exits_with_a_clear_message(tmp_path: Path, port_t
 
     taken = serve_app(make).port
     config = tmp_path / "gw.yaml"
-    config.write_text("deployments:\n  - {name: a, provider: openai, model: m, "
-                      "base_url: 'http://127.0.0.1:1/v1'}\n")
+    config.write_text(
+        "deployments:\n  - {name: a, provider: openai, model: m, "
+        "base_url: 'http://127.0.0.1:1/v1'}\n"
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(taken)],
-        capture_output=True, timeout=30,
+        capture_output=True,
+        timeout=30,
     )
     assert proc.returncode != 0
     assert b"cannot listen on 127.0.0.1:" in proc.stderr

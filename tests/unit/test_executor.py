@@ -26,10 +26,16 @@ from gateway.providers.base import ProviderCall, ProviderResponse
 class FakeProvider:
     """Answers from a script: a ProviderError to raise, a float to sleep, or ``ok``."""
 
-    def __init__(self, name: str, *script: Any, context_window: int | None = None,
-                 max_concurrency: int | None = None) -> None:
-        self.deployment = SimpleNamespace(name=name, context_window=context_window,
-                                          max_concurrency=max_concurrency)
+    def __init__(
+        self,
+        name: str,
+        *script: Any,
+        context_window: int | None = None,
+        max_concurrency: int | None = None,
+    ) -> None:
+        self.deployment = SimpleNamespace(
+            name=name, context_window=context_window, max_concurrency=max_concurrency
+        )
         self.script = list(script)
         self.calls = 0
 
@@ -129,8 +135,9 @@ def test_dont_retry_class_reaches_the_caller_at_once() -> None:
 
 def test_context_length_fails_over_to_larger_windows_only() -> None:
     """After a context-length error only deployments with a larger (or unknown) window are tried."""
-    small = FakeProvider("small", ContextLengthExceeded("too long", deployment="small"),
-                         context_window=8000)
+    small = FakeProvider(
+        "small", ContextLengthExceeded("too long", deployment="small"), context_window=8000
+    )
     same = FakeProvider("same", context_window=8000)
     big = FakeProvider("big", context_window=128000)
     attempt, _ = _run([small, same, big])
@@ -140,8 +147,9 @@ def test_context_length_fails_over_to_larger_windows_only() -> None:
 
 def test_context_length_with_no_larger_window_propagates_the_provider_error() -> None:
     """When no larger window exists the caller gets the provider's context-length error."""
-    small = FakeProvider("small", ContextLengthExceeded("too long", deployment="small"),
-                         context_window=8000)
+    small = FakeProvider(
+        "small", ContextLengthExceeded("too long", deployment="small"), context_window=8000
+    )
     other = FakeProvider("other", context_window=4000)
     with pytest.raises(ContextLengthExceeded):
         _run([small, other])

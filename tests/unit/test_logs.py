@@ -7,16 +7,31 @@ from gateway.logs import REDACTED, redact
 
 def test_credential_fields_are_blanked() -> None:
     """Fields named like credentials are replaced, whatever their value."""
-    event = redact(None, "info", {"event": "x", "api_key": "sk-1", "Authorization": "Bearer a",
-                                  "x-api-key": "k", "token": "t", "client_secret": "s"})
-    assert event == {"event": "x", "api_key": REDACTED, "Authorization": REDACTED,
-                     "x-api-key": REDACTED, "token": REDACTED, "client_secret": REDACTED}
+    event = redact(
+        None,
+        "info",
+        {
+            "event": "x",
+            "api_key": "sk-1",
+            "Authorization": "Bearer a",
+            "x-api-key": "k",
+            "token": "t",
+            "client_secret": "s",
+        },
+    )
+    assert event == {
+        "event": "x",
+        "api_key": REDACTED,
+        "Authorization": REDACTED,
+        "x-api-key": REDACTED,
+        "token": REDACTED,
+        "client_secret": REDACTED,
+    }
 
 
 def test_token_counts_are_not_mistaken_for_secrets() -> None:
     """prompt_tokens and completion_tokens are figures, not credentials."""
-    event = redact(None, "info", {"event": "request", "prompt_tokens": 4,
-                                  "completion_tokens": 3})
+    event = redact(None, "info", {"event": "request", "prompt_tokens": 4, "completion_tokens": 3})
     assert event["prompt_tokens"] == 4 and event["completion_tokens"] == 3
 
 

@@ -16,8 +16,9 @@ from gateway.providers.sse import SSEStream
 def _chunk(content: str | None = None, finish: str | None = None, usage: bool = False) -> bytes:
     event: dict[str, object] = {
         "object": "chat.completion.chunk",
-        "choices": [{"index": 0, "delta": {"content": content} if content else {},
-                     "finish_reason": finish}],
+        "choices": [
+            {"index": 0, "delta": {"content": content} if content else {}, "finish_reason": finish}
+        ],
     }
     if usage:
         event["usage"] = {"prompt_tokens": 3, "completion_tokens": 2}
@@ -58,8 +59,9 @@ def _stream(*parts: bytes | float, first: float = 1.0, idle: float = 1.0) -> SSE
 
 def test_complete_stream_relays_events_and_tracks_state() -> None:
     """Events pass through unchanged; finish reason and usage are recorded."""
-    s = _stream(_chunk("a"), _chunk("b"), _chunk(finish="stop"), _chunk(usage=True),
-                b"data: [DONE]\n\n")
+    s = _stream(
+        _chunk("a"), _chunk("b"), _chunk(finish="stop"), _chunk(usage=True), b"data: [DONE]\n\n"
+    )
     events = _collect(s)
     assert events[0] == _chunk("a")
     assert events[-1] == DONE_EVENT
@@ -110,8 +112,12 @@ def test_no_first_event_is_a_timeout() -> None:
 
 def test_comments_and_multiline_data_are_handled() -> None:
     """Comment lines are skipped and multi-line data fields are joined."""
-    s = _stream(b": keep-alive\n\n", b'data: {"choices":\ndata: []}\n\n', _chunk(finish="stop"),
-                b"data: [DONE]\n\n")
+    s = _stream(
+        b": keep-alive\n\n",
+        b'data: {"choices":\ndata: []}\n\n',
+        _chunk(finish="stop"),
+        b"data: [DONE]\n\n",
+    )
     events = _collect(s)
     assert events[0] == b'data: {"choices":\n[]}\n\n'
     assert events[-1] == DONE_EVENT
@@ -120,8 +126,13 @@ def test_comments_and_multiline_data_are_handled() -> None:
 def test_close_callback_runs_once() -> None:
     """aclose releases the upstream exactly once, however often it is called."""
     closed: list[int] = []
-    s = SSEStream(_source(_chunk(finish="stop")), deployment="d", first_timeout=1,
-                  idle_timeout=1, on_close=lambda: closed.append(1))
+    s = SSEStream(
+        _source(_chunk(finish="stop")),
+        deployment="d",
+        first_timeout=1,
+        idle_timeout=1,
+        on_close=lambda: closed.append(1),
+    )
 
     async def run() -> None:
         async for _ in s:

@@ -1,0 +1,213 @@
+"""HTTP handlers of the standalone simulated upstream (wired by :func:`.server.build_app`).
+
+Faults behave as a real network would show them:
+
+- ``status``: an OpenAI error body with that status; with ``retry_after``, a ``Retry-After``
+  header (seconds, fractional below one) and ``retry-after-ms`` (as OpenAI sends it);
+- ``hang``: never answers (until the client leaves or the server stops);
+- ``reset``, and a ``refuse`` that matches per request: the connection is aborted with an RST
+  before any byte;
+- ``slow_first_token``: the headers (the first byte) come ``delay`` late;
+- ``garbage``: 200 with a JSON content type and a body that is not JSON;
+- ``stream_cut``: the connection closes after N content chunks, the chunked body never ends;
+- ``stream_stall``: nothing more is written for ``delay`` (or until the server stops);
+- ``malformed_chunk``: a ``data: {not json`` event; ``missing_done``: the body ends properly but
+  without ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from gateway.providers.simulated import render
+from gateway.providers.simulated.engine import Simulator
+from gateway.providers.simulated.script import ScriptPlayer
+from gateway.providers.simulated.settings import DEFAULT_FAULT_STATUS, Fault, SimulatedSettings
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_JSON = "application/json"
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+@dataclass(slots=True)
+class ListenerState:
+    """What the standalone server reports about its listening socket."""
+
+    listening: bool = True
+    closures: int = 0
+
+
+SIMULATOR = web.AppKey("simulator", Simulator)
+STOPPING = web.AppKey("stopping", asyncio.Event)  # set when the app shuts down
+SCHEDULE_CHANGED = web.AppKey("schedule_changed", asyncio.Event)
+LISTENER = web.AppKey("listener", ListenerState)
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=render.error_body(message, type=render.error_type(status), code=code, param=param),
+        content_type=_JSON,
+        headers=headers,
+    )
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def _status_fault(fault: Fault) -> web.Response:
+    status = fault.status or DEFAULT_FAULT_STATUS
+    headers = {}
+    if fault.retry_after is not None:
+        headers["Retry-After"] = _seconds(fault.retry_after)
+        headers["retry-after-ms"] = str(round(fault.retry_after * 1000))
+    message = fault.message or f"simulated {status} error"
+    return error_response(status, message, code=fault.code, headers=headers)
+
+
+def _drop(request: web.Request) -> web.Response:
+    """Abort the connection with an RST; the returned response is never sent."""
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        transport.abort()
+    return web.Response()
+
+
+def _cut(request: web.Request) -> None:
+    """Flush what was written, then close: the chunked body is left unfinished."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+
+
+async def _sleep(seconds: float) -> None:
+    if seconds > 0:
+        await asyncio.sleep(seconds)
+
+
+def endpoint_handler(endpoint: str) -> Handler:
+    """The POST handler for ``/v1/<endpoint>``."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        app = request.app
+        sim = app[SIMULATOR]
+        try:
+            body: Any = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return error_response(400, "We could not parse the JSON body of your request.")
+        problem = sim.check(endpoint, body)
+        if problem is not None:
+            return error_response(400, problem.message, param=problem.param)
+        stream = endpoint != "embeddings" and body.get("stream") is True
+        fault = sim.choose_fault(stream=stream)
+        kind = fault.kind if fault is not None else None
+        if kind in ("reset", "refuse"):
+            return _drop(request)
+        if kind == "hang":
+            await app[STOPPING].wait()
+            return _drop(request)
+        await _sleep(sim.first_byte_delay(fault))
+        if fault is not None and kind == "status":
+            return _status_fault(fault)
+        if kind == "garbage":
+            return web.Response(body=render.GARBAGE_BODY, content_type=_JSON)
+        model: str = body["model"]
+        if stream:
+            return await _stream(request, sim, endpoint, body, model, fault)
+        answer = sim.respond(endpoint, body, model)
+        await _sleep(sim.generation_time(answer.completion_tokens))
+        return web.Response(body=answer.body, content_type=_JSON)
+
+    return handle
+
+
+async def _stream(
+    request: web.Request,
+    sim: Simulator,
+    endpoint: str,
+    body: dict[str, Any],
+    model: str,
+    fault: Fault | None,
+) -> web.StreamResponse:
+    script = sim.stream_script(endpoint, body, model, fault)
+    stopping = request.app[STOPPING]
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    player = ScriptPlayer(script, forever=stopping.wait)
+    try:
+        while (line := await player.next_line()) is not None:
+            await response.write(line + b"\n")
+        if script.cut or stopping.is_set():
+            _cut(request)
+        else:
+            await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client went away
+    return response
+
+
+async def models(request: web.Request) -> web.Response:
+    sim = request.app[SIMULATOR]
+    data = [{"id": sim.model, "object": "model", "created": 0, "owned_by": "simulated"}]
+    return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type=_JSON)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(body=b'{"status":"ok"}', content_type=_JSON)
+
+
+async def get_faults(request: web.Request) -> web.Response:
+    settings = request.app[SIMULATOR].settings
+    return web.Response(body=orjson.dumps(settings.model_dump(mode="json")), content_type=_JSON)
+
+
+async def replace_faults(request: web.Request) -> web.Response:
+    """Install new settings (fault schedule restarts); 400 with the reasons when invalid."""
+    try:
+        data = orjson.loads(await request.read())
+        settings = SimulatedSettings.model_validate(data)
+    except orjson.JSONDecodeError:
+        return error_response(400, "the body must be JSON with SimulatedSettings fields")
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<body>'}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        )
+        return error_response(400, f"invalid settings: {reasons}")
+    request.app[SIMULATOR].configure(settings)
+    request.app[SCHEDULE_CHANGED].set()
+    payload = {"ok": True, "faults": len(settings.faults)}
+    return web.Response(body=orjson.dumps(payload), content_type=_JSON)
+
+
+async def stats(request: web.Request) -> web.Response:
+    payload = request.app[SIMULATOR].stats()
+    listener = request.app[LISTENER]
+    payload["listening"] = listener.listening
+    payload["listener_closures"] = listener.closures
+    return web.Response(body=orjson.dumps(payload), content_type=_JSON)

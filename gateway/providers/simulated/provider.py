@@ -1,0 +1,138 @@
+"""The simulated provider, in process: no socket, the same errors the HTTP path raises.
+
+``send(call)`` for ``chat/completions``, ``completions`` and ``embeddings``:
+
+1. Check the body; a bad one raises what an upstream's 400 becomes (:class:`ProviderRejected`).
+2. Pick the fault (first match of the schedule) and act on it as the real HTTP path would see it:
+   ``reset``/``refuse`` → :class:`ProviderConnectionError`; ``hang`` → wait out the attempt's
+   limit, then :class:`ProviderTimeout`; ``status`` → ``error_for_status`` (with ``retry_after``
+   and ``code``); ``garbage`` → :class:`BadUpstreamResponse`.
+3. Wait for the first byte (``latency`` + a ``slow_first_token`` delay). The limit is
+   ``call.timeout``, and for streams also ``timeouts.first_token``; past it: ProviderTimeout.
+4. Non-streaming: also wait the generation time (tokens / ``tokens_per_second``) and return a
+   :class:`ProviderResponse`. Streaming: return an :class:`SSEStream` over a generated ``readline``
+   so stream faults (cut, stall, malformed event, missing ``[DONE]``) are judged by the same code
+   that judges real upstream streams, with ``timeouts.first_token`` / ``timeouts.idle``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, NoReturn
+
+from gateway.errors import (
+    BadUpstreamResponse,
+    ProviderConnectionError,
+    ProviderTimeout,
+    error_for_status,
+)
+from gateway.providers.base import ProviderCall, ProviderResponse, Usage
+from gateway.providers.simulated.engine import ENDPOINTS, Simulator
+from gateway.providers.simulated.schedule import Clock
+from gateway.providers.simulated.script import ScriptPlayer
+from gateway.providers.simulated.settings import DEFAULT_FAULT_STATUS
+from gateway.providers.sse import SSEStream
+
+if TYPE_CHECKING:
+    from gateway.config import SimulatedDeployment
+
+
+class _ScriptReader:
+    """``readline`` over a :class:`ScriptPlayer`: each line, then a blank line; ``b""`` at end."""
+
+    __slots__ = ("_blank", "_player")
+
+    def __init__(self, player: ScriptPlayer) -> None:
+        self._player = player
+        self._blank = False
+
+    async def __call__(self) -> bytes:
+        if self._blank:
+            self._blank = False
+            return b"\n"
+        line = await self._player.next_line()
+        if line is None:
+            return b""
+        self._blank = True
+        return line
+
+
+class SimulatedProvider:
+    """A :class:`~gateway.providers.base.Provider` backed by a :class:`Simulator`."""
+
+    def __init__(self, deployment: SimulatedDeployment, *, clock: Clock = time.monotonic) -> None:
+        self.deployment = deployment
+        self._name = deployment.name
+        self._first_token = deployment.timeouts.first_token
+        self._idle = deployment.timeouts.idle
+        self.simulator = Simulator(
+            deployment.simulated, name=deployment.name, model=deployment.model, clock=clock
+        )
+
+    async def send(self, call: ProviderCall) -> ProviderResponse | SSEStream:
+        sim = self.simulator
+        endpoint = call.endpoint
+        if endpoint not in ENDPOINTS:
+            raise error_for_status(404, f"unknown endpoint /{endpoint}", deployment=self._name)
+        problem = sim.check(endpoint, call.body)
+        if problem is not None:
+            raise error_for_status(400, problem.message, deployment=self._name, param=problem.param)
+        stream = call.stream and endpoint != "embeddings"
+        fault = sim.choose_fault(stream=stream)
+        limit = min(call.timeout, self._first_token) if stream else call.timeout
+        kind = fault.kind if fault is not None else None
+        if kind == "reset":
+            raise ProviderConnectionError(
+                "connection reset before any byte (simulated)", deployment=self._name
+            )
+        if kind == "refuse":
+            raise ProviderConnectionError("connection refused (simulated)", deployment=self._name)
+        if kind == "hang":
+            await self._time_out(limit)
+        delay = sim.first_byte_delay(fault)
+        if fault is not None and kind == "status":
+            await self._wait(delay, limit)
+            status = fault.status or DEFAULT_FAULT_STATUS
+            raise error_for_status(
+                status,
+                fault.message or f"simulated {status} error",
+                deployment=self._name,
+                retry_after=fault.retry_after,
+                code=fault.code,
+            )
+        if kind == "garbage":
+            await self._wait(delay, limit)
+            raise BadUpstreamResponse(
+                "upstream answered 200 with a body that is not JSON (simulated)",
+                deployment=self._name,
+            )
+        model = self.deployment.model
+        if stream:
+            await self._wait(delay, limit)
+            script = sim.stream_script(endpoint, call.body, model, fault)
+            return SSEStream(
+                _ScriptReader(ScriptPlayer(script)),
+                deployment=self._name,
+                first_timeout=max(limit - delay, 0.0),
+                idle_timeout=self._idle,
+            )
+        answer = sim.respond(endpoint, call.body, model)
+        await self._wait(delay + sim.generation_time(answer.completion_tokens), limit)
+        return ProviderResponse(
+            body=answer.body, usage=Usage(answer.prompt_tokens, answer.completion_tokens)
+        )
+
+    async def _wait(self, delay: float, limit: float) -> None:
+        if delay > limit:
+            await self._time_out(limit)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def _time_out(self, limit: float) -> NoReturn:
+        if limit > 0:
+            await asyncio.sleep(limit)
+        raise ProviderTimeout(f"no answer within {limit:g}s (simulated)", deployment=self._name)
+
+    async def close(self) -> None:
+        """Nothing to release (no socket)."""

@@ -1,0 +1,204 @@
+"""YAML files validated by pydantic, with errors that name file, line, path and reason.
+
+Used for the gateway config and for the simulator's fault files. A document is kept as YAML nodes
+so that any path pydantic reports can be traced back to its line; ``${ENV_VAR}`` and
+``${ENV_VAR:-default}`` references are replaced once, at load.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+DISCRIMINATORS = ("provider", "kind")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    file: str
+    line: int | None
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.path or '<document>'}: {self.reason}"
+
+
+class ConfigError(Exception):
+    """A configuration file was rejected. ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+def format_path(loc: tuple[Any, ...]) -> str:
+    """``("routes", "chat", 1)`` -> ``routes.chat[1]``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class YamlDocument:
+    """A YAML document kept as nodes so that any path can be traced back to its line."""
+
+    def __init__(self, file: str, text: str) -> None:
+        self.file = file
+        try:
+            self.root = yaml.compose(text, Loader=yaml.SafeLoader)
+            self.data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else None
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ConfigError([ConfigIssue(file, line, "", f"invalid YAML: {problem}")]) from None
+
+    def resolve(self, loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], int | None]:
+        """Follow ``loc`` through the nodes; return the path that exists and its line.
+
+        pydantic's union tags (``provider: openai`` puts ``openai`` in the path) are skipped; a
+        missing key stays in the path and is reported at its parent's line.
+        """
+        node = self.root
+        line = node.start_mark.line + 1 if node is not None else None
+        kept: list[Any] = []
+        tagged = None  # the mapping whose union tag was already skipped
+        for part in loc:
+            if isinstance(node, yaml.MappingNode) and node is not tagged and _is_tag(node, part):
+                tagged = node
+                continue
+            child = None
+            if isinstance(node, yaml.MappingNode):
+                for key, value in node.value:
+                    if key.value == str(part):
+                        child = (value, key.start_mark.line + 1)
+                        break
+            elif (
+                isinstance(node, yaml.SequenceNode)
+                and isinstance(part, int)
+                and 0 <= part < len(node.value)
+            ):
+                child = (node.value[part], node.value[part].start_mark.line + 1)
+            if child is None:
+                if isinstance(node, yaml.MappingNode) and not isinstance(part, int):
+                    kept.append(part)
+                continue
+            node, line = child
+            kept.append(part)
+        return tuple(kept), line
+
+    def issue(self, loc: tuple[Any, ...], reason: str) -> ConfigIssue:
+        path, line = self.resolve(loc)
+        return ConfigIssue(self.file, line, format_path(path), reason)
+
+
+def _is_tag(node: yaml.MappingNode, part: Any) -> bool:
+    return any(
+        key.value in DISCRIMINATORS and getattr(value, "value", None) == part
+        for key, value in node.value
+    )
+
+
+def interpolate(
+    value: Any, doc: YamlDocument, issues: list[ConfigIssue], loc: tuple[Any, ...] = ()
+) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; record unset variables."""
+    if isinstance(value, str):
+        if "${" not in value:
+            return value
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            found = os.environ.get(name)
+            if found is None or (found == "" and default is not None):
+                if default is not None:
+                    return default
+                issues.append(
+                    doc.issue(
+                        loc, f"environment variable {name} is not set (referenced as ${{{name}}})"
+                    )
+                )
+                return ""
+            return found
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: interpolate(v, doc, issues, (*loc, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, doc, issues, (*loc, i)) for i, v in enumerate(value)]
+    return value
+
+
+def validation_issues(exc: ValidationError, doc: YamlDocument) -> Iterator[ConfigIssue]:
+    """pydantic's errors as issues in the words of the file."""
+    errors = exc.errors(include_url=False)
+    for err in errors:
+        loc = tuple(err["loc"])
+        kind = err["type"]
+        if kind == "too_short" and any(
+            len(o["loc"]) > len(loc) and tuple(o["loc"][: len(loc)]) == loc for o in errors
+        ):
+            continue  # a list emptied by its own invalid items: the items' errors say why
+        ctx = err.get("ctx", {})
+        reason = err["msg"]
+        if kind == "extra_forbidden":
+            reason = "unknown key (check the spelling; see the config reference in README.md)"
+        elif kind == "missing":
+            reason = "required key is missing"
+        elif kind == "value_error":
+            reason = reason.removeprefix("Value error, ")
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):
+            field = str(ctx.get("discriminator", "")).strip("'")
+            expected = str(ctx.get("expected_tags", "")).replace("'", "")
+            loc = (*loc, field)
+            if kind == "union_tag_invalid":
+                reason = f"unknown {field} `{ctx.get('tag')}` (expected one of: {expected})"
+            else:
+                reason = f"required key is missing: `{field}`" + (
+                    f" (one of: {expected})" if expected else ""
+                )
+        yield doc.issue(loc, reason)
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A file's text, or :class:`ConfigError` saying why it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigIssue(str(path), None, "", f"cannot read file: {exc.strerror}")]
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError([ConfigIssue(str(path), None, "", "file is not valid UTF-8")]) from None
+
+
+def load_model(
+    model: type[M], text: str, file: str, *, expected: str, empty_ok: bool = False
+) -> tuple[M, YamlDocument]:
+    """Parse, interpolate and validate ``text`` as ``model``; raise :class:`ConfigError`."""
+    doc = YamlDocument(file, text)
+    data = doc.data
+    if data is None and empty_ok:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue(file, 1, "", f"the document must be {expected}")])
+    issues: list[ConfigIssue] = []
+    data = interpolate(data, doc, issues)
+    if issues:
+        raise ConfigError(issues)
+    try:
+        return model.model_validate(data), doc
+    except ValidationError as exc:
+        raise ConfigError(list(validation_issues(exc, doc))) from None
