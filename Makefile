@@ -44,11 +44,13 @@ $(BIN)/python:
 $(RUNTIME_STAMP): $(RUNTIME_LOCK) pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(RUNTIME_LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m compileall -q -j 0 gateway policies health
 	@touch $@
 
 $(DEV_STAMP): $(DEV_LOCK) pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(DEV_LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m compileall -q -j 0 gateway policies health
 	@touch $@
 
 install: $(RUNTIME_STAMP)

@@ -32,10 +32,16 @@ _LEVELS = {
 REDACTED = "[redacted]"
 
 
+_verdicts: dict[str, bool] = {"event": False}  # key name -> holds a credential (few, fixed keys)
+
+
 def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: blank credential-looking fields and bearer tokens in string values."""
     for key, value in event.items():
-        if _SECRET_KEYS.search(key) and key != "event":
+        secret = _verdicts.get(key)
+        if secret is None:
+            secret = _verdicts[key] = _SECRET_KEYS.search(key) is not None
+        if secret:
             event[key] = REDACTED
         elif isinstance(value, str) and "earer" in value:
             event[key] = _BEARER.sub("Bearer " + REDACTED, value)

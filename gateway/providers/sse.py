@@ -37,8 +37,12 @@ class SSEStream:
         "_finished",
         "_first_timeout",
         "_idle_timeout",
+        "_deadline",
+        "_expired",
         "_on_close",
+        "_reader",
         "_readline",
+        "_timer",
         "state",
     )
 
@@ -59,6 +63,11 @@ class SSEStream:
         self._finished = False
         self._closed = False
         self.state = StreamState()
+        # One watchdog timer per stream instead of a timeout per event (see _watch).
+        self._deadline = 0.0
+        self._reader: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
 
     def __aiter__(self) -> SSEStream:
         return self
@@ -68,10 +77,25 @@ class SSEStream:
             raise StopAsyncIteration
         first = self.state.chunks == 0
         limit = self._first_timeout if first else self._idle_timeout
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + limit
+        self._reader = asyncio.current_task()
+        timer = self._timer
+        if timer is None or timer.when() > self._deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(self._deadline, self._watch)
         try:
-            async with asyncio.timeout(limit):
+            try:
                 data = await self._read_event()
-        except TimeoutError:
+            finally:
+                self._reader = None
+        except asyncio.CancelledError:
+            if not self._expired:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
             await self.aclose()
             if first:
                 raise ProviderTimeout(
@@ -108,6 +132,22 @@ class SSEStream:
         self._inspect(data)
         self.state.chunks += 1
         return b"data: " + data + b"\n\n"
+
+    def _watch(self) -> None:
+        """The watchdog: cancel a read that has waited past its deadline, else re-arm.
+
+        A per-event ``asyncio.timeout`` costs a timer and a context per event; this one timer
+        fires at most once per timeout period and is re-armed to the current deadline.
+        """
+        self._timer = None
+        if self._closed or self._reader is None:
+            return  # not reading now: the next read arms a fresh timer
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._deadline:
+            self._expired = True
+            self._reader.cancel()
+        else:
+            self._timer = loop.call_at(self._deadline, self._watch)
 
     async def _read_event(self) -> bytes | None:
         """The ``data`` payload of the next event, or ``None`` at the end of the source."""
@@ -157,6 +197,9 @@ class SSEStream:
         if self._closed:
             return
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._on_close is not None:
             result = self._on_close()
             if asyncio.iscoroutine(result):

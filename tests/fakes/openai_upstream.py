@@ -5,7 +5,8 @@ received, so a test can say exactly what the upstream does and assert exactly wh
 
 Steps: ``"ok"``, ``("status", code, retry_after_or_None)``, ``"garbage"``, ``"close_early"``
 (headers and half a body, then the connection drops), ``"reset"`` (connection dropped before any
-byte), ``"hang"``, ``"stream_ok"``, ``("stream_cut", n)``, ``"not_json_object"``.
+byte), ``"hang"``, ``"stream_ok"``, ``("stream_cut", n)``, ``"stream_slow"`` (200 chunks 50 ms
+apart; sets ``abandoned`` when the client leaves), ``"not_json_object"``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class Upstream:
     received: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
+    # set when a slow stream's client went away before the stream finished
+    abandoned: asyncio.Event = field(default_factory=asyncio.Event)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -87,6 +90,17 @@ class Upstream:
             return web.Response()
         if kind == "hang":
             await asyncio.sleep(60)
+        if kind == "stream_slow":
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            try:
+                for i in range(200):
+                    await resp.write(_chunk(body["model"], {"content": f"w{i} "}, None))
+                    await asyncio.sleep(0.05)
+            except (ConnectionError, asyncio.CancelledError):
+                self.abandoned.set()
+                raise
+            return resp
         if kind in ("stream_ok", "stream_cut"):
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)

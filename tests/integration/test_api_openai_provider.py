@@ -260,3 +260,21 @@ def test_unreachable_upstream_is_502_naming_the_deployment(gateway: Any) -> None
         _client(gw.url).chat.completions.create(model="chat", messages=USER)
     assert "`primary`" in info.value.message
     assert "sk-primary-secret" not in json.dumps(info.value.body)
+
+
+def test_caller_disconnect_mid_stream_closes_the_upstream_stream(
+    gateway: Any, upstream: Any
+) -> None:
+    """When the caller leaves mid-stream the upstream request is abandoned too, not drained."""
+    up, up_url = upstream
+    up.script = ["stream_slow"]
+    gw = gateway(_config(up_url))
+    stream = _client(gw.url).chat.completions.create(model="chat", messages=USER, stream=True)
+    first = next(iter(stream))
+    assert first.choices[0].delta.content == "w0 "
+    stream.close()
+    # the upstream runs on the fixture's loop; wait for it to notice, bounded
+    deadline = time.monotonic() + 5
+    while not up.abandoned.is_set() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert up.abandoned.is_set()

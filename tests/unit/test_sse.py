@@ -142,3 +142,44 @@ def test_close_callback_runs_once() -> None:
 
     asyncio.run(run())
     assert closed == [1]
+
+
+def test_slow_consumer_is_not_mistaken_for_a_stall() -> None:
+    """Time the caller spends between events does not count against the upstream's idle limit."""
+    s = _stream(_chunk("a"), _chunk("b"), _chunk(finish="stop"), b"data: [DONE]\n\n", idle=0.05)
+
+    async def run() -> list[bytes]:
+        out = []
+        async for event in s:
+            out.append(event)
+            await asyncio.sleep(0.12)  # the relay is slow to write to the caller
+        return out
+
+    assert asyncio.run(run())[-1] == DONE_EVENT
+
+
+def test_outside_cancellation_is_not_turned_into_a_timeout() -> None:
+    """Cancelling the reading task (caller gone) propagates as cancellation, not as an error."""
+    s = _stream(_chunk("a"), 5.0, _chunk(finish="stop"), idle=10.0)
+
+    async def run() -> None:
+        async def consume() -> None:
+            async for _ in s:
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+
+
+def test_stall_is_detected_on_every_event_not_only_the_first() -> None:
+    """The watchdog re-arms: a stall after several prompt events is still caught."""
+    s = _stream(
+        _chunk("a"), 0.01, _chunk("b"), 0.01, _chunk("c"), 0.5, _chunk(finish="stop"), idle=0.1
+    )
+    with pytest.raises(StreamBroken, match="after 3 chunks"):
+        _collect(s)
