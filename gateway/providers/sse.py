@@ -33,12 +33,12 @@ class SSEStream:
 
     __slots__ = (
         "_closed",
+        "_deadline",
         "_deployment",
+        "_expired",
         "_finished",
         "_first_timeout",
         "_idle_timeout",
-        "_deadline",
-        "_expired",
         "_on_close",
         "_reader",
         "_readline",

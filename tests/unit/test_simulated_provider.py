@@ -19,6 +19,7 @@ from gateway.errors import (
     ProviderServerError,
     ProviderTimeout,
     ProviderUnavailable,
+    ProviderUnreachable,
     RateLimited,
     StreamBroken,
 )
@@ -237,11 +238,15 @@ def test_status_fault_waits_for_the_latency_first() -> None:
     assert elapsed >= 0.02
 
 
-@pytest.mark.parametrize("kind", ["reset", "refuse"])
-def test_reset_and_refuse_raise_connection_errors_at_once(kind: str) -> None:
-    """reset / refuse: ProviderConnectionError (retry-same), without waiting."""
+@pytest.mark.parametrize(
+    ("kind", "cls"), [("reset", ProviderConnectionError), ("refuse", ProviderUnreachable)]
+)
+def test_reset_and_refuse_raise_connection_errors_at_once(
+    kind: str, cls: type[ProviderConnectionError]
+) -> None:
+    """reset: ProviderConnectionError (retry-same); refuse: ProviderUnreachable (fail over)."""
     error, elapsed = _send_error(_provider(latency=1.0, faults=[{"kind": kind}]), _call())
-    assert type(error) is ProviderConnectionError
+    assert type(error) is cls
     assert elapsed < 0.5
 
 

@@ -4,9 +4,10 @@
 
 1. Check the body; a bad one raises what an upstream's 400 becomes (:class:`ProviderRejected`).
 2. Pick the fault (first match of the schedule) and act on it as the real HTTP path would see it:
-   ``reset``/``refuse`` → :class:`ProviderConnectionError`; ``hang`` → wait out the attempt's
-   limit, then :class:`ProviderTimeout`; ``status`` → ``error_for_status`` (with ``retry_after``
-   and ``code``); ``garbage`` → :class:`BadUpstreamResponse`.
+   ``reset`` → :class:`ProviderConnectionError`; ``refuse`` → :class:`ProviderUnreachable`;
+   ``hang`` → wait out the attempt's limit, then :class:`ProviderTimeout`; ``status`` →
+   ``error_for_status`` (with ``retry_after`` and ``code``); ``garbage`` →
+   :class:`BadUpstreamResponse`.
 3. Wait for the first byte (``latency`` + a ``slow_first_token`` delay). The limit is
    ``call.timeout``, and for streams also ``timeouts.first_token``; past it: ProviderTimeout.
 4. Non-streaming: also wait the generation time (tokens / ``tokens_per_second``) and return a
@@ -25,6 +26,7 @@ from gateway.errors import (
     BadUpstreamResponse,
     ProviderConnectionError,
     ProviderTimeout,
+    ProviderUnreachable,
     error_for_status,
 )
 from gateway.providers.base import ProviderCall, ProviderResponse, Usage
@@ -87,7 +89,7 @@ class SimulatedProvider:
                 "connection reset before any byte (simulated)", deployment=self._name
             )
         if kind == "refuse":
-            raise ProviderConnectionError("connection refused (simulated)", deployment=self._name)
+            raise ProviderUnreachable("connection refused (simulated)", deployment=self._name)
         if kind == "hang":
             await self._time_out(limit)
         delay = sim.first_byte_delay(fault)
