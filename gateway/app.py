@@ -83,7 +83,9 @@ EOF
 
 async def _run(config: GatewayConfig, host: str, port: int, started: float) -> None:
     app = await build_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=config.server.drain_timeout
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
@@ -106,7 +108,7 @@ async def _run(config: GatewayConfig, host: str, port: int, started: float) -> N
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    get_logger("gateway").info("stopping")
+    get_logger("gateway").info("stopping", drain_timeout_s=config.server.drain_timeout)
     await runner.cleanup()
 
 

@@ -26,6 +26,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 120.0
+DEFAULT_DRAIN_TIMEOUT = 30.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_FIRST_TOKEN_TIMEOUT = 60.0
 DEFAULT_IDLE_TIMEOUT = 30.0
@@ -117,15 +118,19 @@ class ServerSettings(_Model):
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     max_body_size: Size = DEFAULT_MAX_BODY_SIZE
     request_timeout: Duration = DEFAULT_REQUEST_TIMEOUT
+    drain_timeout: Duration = Field(
+        default=DEFAULT_DRAIN_TIMEOUT,
+        description="On SIGTERM/SIGINT: stop accepting, let requests in flight finish this long.",
+    )
     api_keys: tuple[SecretStr, ...] = Field(
         default=(), description="When set, callers must send one of these as a bearer token."
     )
 
-    @field_validator("request_timeout")
+    @field_validator("request_timeout", "drain_timeout")
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:
-            raise ValueError("request_timeout must be greater than zero")
+            raise ValueError("must be greater than zero")
         return value
 
 

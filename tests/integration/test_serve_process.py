@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -164,3 +165,33 @@ def test_serve_on_a_taken_port_exits_with_a_clear_message(
     assert proc.returncode != 0
     assert b"cannot listen on 127.0.0.1:" in proc.stderr
     assert b"Traceback" not in proc.stderr
+
+
+def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
+    """On SIGTERM the gateway stops accepting but the request in flight still gets its answer."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "server: {drain_timeout: 10s}\n"
+        "deployments:\n"
+        "  - {name: slow, provider: simulated, model: m, simulated: {latency: 1500ms}}\n"
+    )
+    proc, url = _start(config, {})
+    result: list[int] = []
+    worker = threading.Thread(
+        target=lambda: result.append(
+            _request(
+                f"{url}/v1/chat/completions",
+                {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                key=None,
+            )
+        )
+    )
+    worker.start()
+    time.sleep(0.5)  # the request is now waiting on the simulated latency
+    proc.send_signal(signal.SIGTERM)
+    worker.join(10)
+    out, _ = proc.communicate(timeout=15)
+    assert result == [200]
+    assert proc.returncode == 0
+    events = [json.loads(line)["event"] for line in out.decode().splitlines() if line.strip()]
+    assert events.index("stopping") < events.index("request")
