@@ -176,23 +176,32 @@ class GatewayConfig(_Model):
 # --- loading -------------------------------------------------------------------------------------
 
 
-def _cross_reference(config: GatewayConfig, doc: YamlDocument) -> list[ConfigIssue]:
+def _cross_reference(data: dict[str, Any], doc: YamlDocument) -> list[ConfigIssue]:
+    """Duplicate deployment names and routes naming unknown deployments (on the raw document,
+    so these are reported together with any schema error)."""
     issues: list[ConfigIssue] = []
+    deployments = data.get("deployments")
     seen: dict[str, int] = {}
-    for i, d in enumerate(config.deployments):
-        if d.name in seen:
+    for i, d in enumerate(deployments if isinstance(deployments, list) else ()):
+        name = d.get("name") if isinstance(d, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in seen:
             issues.append(
                 doc.issue(
                     ("deployments", i, "name"),
-                    f"deployment name `{d.name}` is already used by deployments[{seen[d.name]}]",
+                    f"deployment name `{name}` is already used by deployments[{seen[name]}]",
                 )
             )
-        seen.setdefault(d.name, i)
-    for route, names in config.routes.items():
+        seen.setdefault(name, i)
+    routes = data.get("routes")
+    for route, names in routes.items() if isinstance(routes, dict) else ():
+        if not isinstance(names, list):
+            continue  # the schema check reports the wrong type
         if not names:
             issues.append(doc.issue(("routes", route), f"route `{route}` lists no deployment"))
         for j, name in enumerate(names):
-            if name not in seen:
+            if isinstance(name, str) and name not in seen:
                 known = ", ".join(sorted(seen))
                 issues.append(
                     doc.issue(
@@ -205,13 +214,13 @@ def _cross_reference(config: GatewayConfig, doc: YamlDocument) -> list[ConfigIss
 
 def parse_config(text: str, file: str = "<config>") -> GatewayConfig:
     """Validate a configuration document given as text."""
-    config, doc = load_model(
-        GatewayConfig, text, file, expected="a mapping with a `deployments` list"
+    return load_model(
+        GatewayConfig,
+        text,
+        file,
+        expected="a mapping with a `deployments` list",
+        cross_check=_cross_reference,
     )
-    issues = _cross_reference(config, doc)
-    if issues:
-        raise ConfigError(issues)
-    return config
 
 
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -184,10 +184,24 @@ def read_text(path: str | os.PathLike[str]) -> str:
         raise ConfigError([ConfigIssue(str(path), None, "", "file is not valid UTF-8")]) from None
 
 
+CrossCheck = Callable[[dict[str, Any], YamlDocument], list[ConfigIssue]]
+
+
 def load_model(
-    model: type[M], text: str, file: str, *, expected: str, empty_ok: bool = False
-) -> tuple[M, YamlDocument]:
-    """Parse, interpolate and validate ``text`` as ``model``; raise :class:`ConfigError`."""
+    model: type[M],
+    text: str,
+    file: str,
+    *,
+    expected: str,
+    empty_ok: bool = False,
+    cross_check: CrossCheck | None = None,
+) -> M:
+    """Parse, interpolate and validate ``text`` as ``model``; raise :class:`ConfigError`.
+
+    Every problem is reported at once: unset environment variables, schema errors and, when
+    ``cross_check`` is given, the problems it finds in the raw document (references between
+    sections), sorted by line.
+    """
     doc = YamlDocument(file, text)
     data = doc.data
     if data is None and empty_ok:
@@ -196,9 +210,13 @@ def load_model(
         raise ConfigError([ConfigIssue(file, 1, "", f"the document must be {expected}")])
     issues: list[ConfigIssue] = []
     data = interpolate(data, doc, issues)
-    if issues:
-        raise ConfigError(issues)
+    if cross_check is not None:
+        issues.extend(cross_check(data, doc))
+    result: M | None = None
     try:
-        return model.model_validate(data), doc
+        result = model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(list(validation_issues(exc, doc))) from None
+        issues.extend(validation_issues(exc, doc))
+    if issues or result is None:
+        raise ConfigError(sorted(issues, key=lambda i: i.line or 0))
+    return result

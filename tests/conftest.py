@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from fakes.openai_upstream import Upstream
 
 from gateway.app import build_app
 from gateway.config import parse_config
@@ -84,5 +85,22 @@ def gateway(serve_app: Callable[..., ServerThread]) -> Callable[[str], ServerThr
     def start(config_text: str) -> ServerThread:
         config = parse_config(config_text, "test.yaml")
         return serve_app(lambda: build_app(config))
+
+    return start
+
+
+@pytest.fixture
+def scripted_upstream(
+    serve_app: Callable[..., ServerThread],
+) -> Callable[[], tuple[Upstream, ServerThread]]:
+    """Factory: a scripted OpenAI-compatible upstream (tests/fakes/openai_upstream.py)."""
+
+    def start() -> tuple[Upstream, ServerThread]:
+        up = Upstream()
+
+        async def make() -> web.Application:
+            return up.app()
+
+        return up, serve_app(make)
 
     return start

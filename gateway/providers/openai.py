@@ -59,6 +59,7 @@ class OpenAIProvider:
         self._stream_headers = {**headers, "Accept": "text/event-stream"}
         t = deployment.timeouts
         self._connect_timeout = t.connect
+        self._client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect)
         self._first_token_timeout = t.first_token
         self._idle_timeout = t.idle
 
@@ -72,11 +73,13 @@ class OpenAIProvider:
         return orjson.dumps({**call.body, "model": upstream_model})
 
     async def send(self, call: ProviderCall) -> ProviderResponse | SSEStream:
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=min(self._connect_timeout, call.timeout)
-        )
+        timeout = self._client_timeout
+        if call.timeout < self._connect_timeout:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=call.timeout)
         limit = call.timeout if not call.stream else min(call.timeout, self._first_token_timeout)
         resp: aiohttp.ClientResponse | None = None
+        loop = asyncio.get_running_loop()
+        first_token_deadline = loop.time() + limit
         try:
             async with asyncio.timeout(limit):
                 resp = await self._session.post(
@@ -117,7 +120,7 @@ class OpenAIProvider:
             raise ProviderConnectionError(
                 f"cannot reach upstream: {_describe(exc)}", deployment=self._name
             ) from None
-        return self._stream(resp, call)
+        return self._stream(resp, max(first_token_deadline - loop.time(), 0.0))
 
     def _complete(self, body: bytes) -> ProviderResponse:
         try:
@@ -135,7 +138,9 @@ class OpenAIProvider:
             raise _error_from_body(200, parsed, self._name, None)
         return ProviderResponse(body=body, usage=Usage.from_openai(parsed.get("usage")))
 
-    def _stream(self, resp: aiohttp.ClientResponse, call: ProviderCall) -> SSEStream:
+    def _stream(self, resp: aiohttp.ClientResponse, first_timeout: float) -> SSEStream:
+        """The response as an SSE stream; the first event must come within what is left of the
+        first-token limit (the wait for the headers already used part of it)."""
         content_type = resp.headers.get("Content-Type", "")
         if not content_type.startswith("text/event-stream"):
             resp.close()
@@ -146,7 +151,7 @@ class OpenAIProvider:
         return SSEStream(
             resp.content.readline,
             deployment=self._name,
-            first_timeout=min(call.timeout, self._first_token_timeout),
+            first_timeout=first_timeout,
             idle_timeout=self._idle_timeout,
             on_close=resp.close,
         )

@@ -6,7 +6,8 @@ received, so a test can say exactly what the upstream does and assert exactly wh
 Steps: ``"ok"``, ``("status", code, retry_after_or_None)``, ``"garbage"``, ``"close_early"``
 (headers and half a body, then the connection drops), ``"reset"`` (connection dropped before any
 byte), ``"hang"``, ``"stream_ok"``, ``("stream_cut", n)``, ``"stream_slow"`` (200 chunks 50 ms
-apart; sets ``abandoned`` when the client leaves), ``"not_json_object"``.
+apart; sets ``abandoned`` when the client leaves), ``("stream_delayed", before_headers,
+before_first_event)``, ``"not_json_object"``.
 """
 
 from __future__ import annotations
@@ -100,6 +101,14 @@ class Upstream:
             except (ConnectionError, asyncio.CancelledError):
                 self.abandoned.set()
                 raise
+            return resp
+        if kind == "stream_delayed":  # (kind, seconds before headers, seconds before 1st event)
+            await asyncio.sleep(step[1])
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            await asyncio.sleep(step[2])
+            await resp.write(_chunk(body["model"], {"content": "late"}, "stop"))
+            await resp.write(b"data: [DONE]\n\n")
             return resp
         if kind in ("stream_ok", "stream_cut"):
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

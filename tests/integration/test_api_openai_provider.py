@@ -15,13 +15,9 @@ USER = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture
-def upstream(serve_app: Any) -> tuple[Upstream, str]:
-    up = Upstream()
-
-    async def make() -> Any:
-        return up.app()
-
-    return up, serve_app(make).url
+def upstream(scripted_upstream: Any) -> tuple[Upstream, str]:
+    up, server = scripted_upstream()
+    return up, server.url
 
 
 def _config(primary: str, fallback: str | None = None, extra: str = "") -> str:
@@ -130,16 +126,12 @@ def test_models_lists_client_facing_names(gateway: Any, upstream: Any) -> None:
 
 
 def test_5xx_then_fallback_is_invisible_to_the_caller(
-    gateway: Any, upstream: Any, serve_app: Any
+    gateway: Any, upstream: Any, scripted_upstream: Any
 ) -> None:
     """A 503 from the primary fails over; the caller gets the fallback's answer."""
     up, up_url = upstream
-    fb = Upstream()
-
-    async def make() -> Any:
-        return fb.app()
-
-    fb_url = serve_app(make).url
+    fb, fb_server = scripted_upstream()
+    fb_url = fb_server.url
     up.script = [("status", 503, None)]
     gw = gateway(_config(up_url, fb_url))
     raw = _client(gw.url).chat.completions.with_raw_response.create(model="chat", messages=USER)
@@ -162,17 +154,13 @@ def test_rate_limit_maps_to_sdk_rate_limit_error_with_retry_after(
 
 
 def test_provider_rejection_propagates_status_and_reason(
-    gateway: Any, upstream: Any, serve_app: Any
+    gateway: Any, upstream: Any, scripted_upstream: Any
 ) -> None:
     """A 400 from the provider is not retried elsewhere: the caller sees the provider's reason."""
     up, up_url = upstream
-    fb = Upstream()
-
-    async def make() -> Any:
-        return fb.app()
-
+    fb, fb_server = scripted_upstream()
     up.script = [("status", 400, None)]
-    gw = gateway(_config(up_url, serve_app(make).url))
+    gw = gateway(_config(up_url, fb_server.url))
     with pytest.raises(openai.BadRequestError) as info:
         _client(gw.url).chat.completions.create(model="chat", messages=USER)
     assert "upstream says 400" in info.value.message
@@ -234,23 +222,20 @@ def test_stream_cut_after_first_chunk_ends_with_in_band_error(gateway: Any, upst
 
 
 def test_stream_cut_before_first_chunk_fails_over_invisibly(
-    gateway: Any, upstream: Any, serve_app: Any
+    gateway: Any, upstream: Any, scripted_upstream: Any
 ) -> None:
     """A stream that breaks before its first chunk fails over without the caller knowing."""
     up, up_url = upstream
-    fb = Upstream()
-
-    async def make() -> Any:
-        return fb.app()
-
+    fb, fb_server = scripted_upstream()
     up.script = [("stream_cut", 0)]
-    gw = gateway(_config(up_url, serve_app(make).url))
+    gw = gateway(_config(up_url, fb_server.url))
     raw = _client(gw.url).chat.completions.with_raw_response.create(
         model="chat", messages=USER, stream=True
     )
     assert raw.headers["x-gateway-deployment"] == "fallback"
     text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
     assert text == "one two three four"
+    assert len(up.received) == 1 and fb.received[0]["stream"] is True
 
 
 def test_unreachable_upstream_is_502_naming_the_deployment(gateway: Any) -> None:
@@ -278,3 +263,20 @@ def test_caller_disconnect_mid_stream_closes_the_upstream_stream(
     while not up.abandoned.is_set() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert up.abandoned.is_set()
+
+
+def test_first_token_limit_counts_from_the_request_not_from_the_headers(
+    gateway: Any, upstream: Any
+) -> None:
+    """Headers after 0.6 s and a first event 0.6 s later break a 1 s first-token limit."""
+    up, up_url = upstream
+    up.script = [("stream_delayed", 0.6, 0.6)]
+    gw = gateway(_config(up_url).replace("first_token: 2s", "first_token: 1s"))
+    client = _client(gw.url)
+    client.models.list()  # the SDK's first request pays its own set-up; keep it out of the timing
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="chat", messages=USER, stream=True)
+    assert info.value.status_code == 504
+    assert "first token" in info.value.message
+    assert time.monotonic() - started < 1.5

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes.openai_upstream import Upstream
 
 UPSTREAM_KEY = "sk-upstream-very-secret-0123456789"
 CALLER_KEY = "gw-caller-secret-abcdef"
@@ -60,15 +59,11 @@ def _request(url: str, body: Any, key: str | None = CALLER_KEY) -> int:
 
 
 def test_serve_logs_one_json_event_per_request_and_never_a_secret(
-    tmp_path: Path, serve_app: Any
+    tmp_path: Path, scripted_upstream: Any
 ) -> None:
     """Each request gives exactly one JSON `request` event; keys never appear in any output."""
-    up = Upstream()
-
-    async def make() -> Any:
-        return up.app()
-
-    up_url = serve_app(make).url
+    up, server = scripted_upstream()
+    up_url = server.url
     config = tmp_path / "gw.yaml"
     config.write_text(f"""
 server:
@@ -143,15 +138,10 @@ def test_serve_refuses_a_bad_config_with_file_line_and_path(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("port_taken", [True])
 def test_serve_on_a_taken_port_exits_with_a_clear_message(
-    tmp_path: Path, port_taken: bool, serve_app: Any
+    tmp_path: Path, port_taken: bool, scripted_upstream: Any
 ) -> None:
     """Binding a port already in use is a one-line error, not a traceback."""
-    up = Upstream()
-
-    async def make() -> Any:
-        return up.app()
-
-    taken = serve_app(make).port
+    taken = scripted_upstream()[1].port
     config = tmp_path / "gw.yaml"
     config.write_text(
         "deployments:\n  - {name: a, provider: openai, model: m, "

@@ -677,3 +677,27 @@ def test_cli_config_check_accepts_a_good_file(tmp_path: Path) -> None:
     result = _config_check(good)
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout and "sim-model" in result.stdout
+
+
+def test_every_kind_of_problem_is_reported_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unset variable, a schema error and a dangling route come back together, by line."""
+    monkeypatch.delenv("GW_TEST_MISSING", raising=False)
+    issues = _rejected(
+        """\
+        deployments:
+          - {name: sim-a, provider: simulated, model: m}
+          - name: main
+            provider: openai
+            model: m
+            base_url: http://h:1/v1
+            api_key: ${GW_TEST_MISSING}
+            timeouts: {connect: 5 parsecs}
+        routes:
+          chat: [sim-a, azure-eu]
+        """
+    )
+    assert [i.split(": ")[:2] for i in issues] == [
+        ["gw.yaml:7", "deployments[1].api_key"],
+        ["gw.yaml:8", "deployments[1].timeouts.connect"],
+        ["gw.yaml:10", "routes.chat[1]"],
+    ]

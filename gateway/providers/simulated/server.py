@@ -206,10 +206,9 @@ def load_settings_file(path: str) -> SimulatedSettings:
     file, line, path and reason of every problem."""
     from gateway.yamlfile import load_model, read_text
 
-    settings, _ = load_model(
+    return load_model(
         SimulatedSettings, read_text(path), path, expected="a mapping of settings", empty_ok=True
     )
-    return settings
 
 
 async def _serve(host: str, port: int, settings: SimulatedSettings, model: str) -> int:
