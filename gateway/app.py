@@ -40,7 +40,6 @@ def _session() -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
     return aiohttp.ClientSession(
         connector=connector,
-        auto_decompress=False,
         read_bufsize=2**20,
         max_line_size=2**20,
         skip_auto_headers=("User-Agent",),

@@ -3,8 +3,9 @@
 OpenAI, Azure-style base URLs (``api_key_header: api-key`` plus ``query_params``), Groq, Together,
 vLLM, Ollama or another gateway. One pooled aiohttp session serves every deployment; the request
 body goes upstream exactly as received unless the upstream model name differs from the one the
-caller used, in which case only ``model`` is replaced. SSE is relayed event by event through
-:class:`~gateway.providers.sse.SSEStream`.
+caller used, in which case only ``model`` is replaced. The request's ``x-request-id`` goes
+upstream too, so one id follows a request through both logs. SSE is relayed event by event
+through :class:`~gateway.providers.sse.SSEStream`.
 
 Foreign exceptions (aiohttp, asyncio) are translated here into the gateway's error tree.
 """
@@ -46,7 +47,8 @@ class OpenAIProvider:
             ep: URL(f"{base}/{ep}").update_query(deployment.query_params or None)
             for ep in ("chat/completions", "completions", "embeddings")
         }
-        headers = {"Content-Type": "application/json"}
+        # identity: bodies are relayed as the bytes received, so they must not come compressed
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         for key, value in deployment.headers.items():
             headers[key] = value.get_secret_value()
         if deployment.api_key is not None:
@@ -85,7 +87,10 @@ class OpenAIProvider:
                 resp = await self._session.post(
                     self._urls[call.endpoint],
                     data=self._payload(call),
-                    headers=self._stream_headers if call.stream else self._headers,
+                    headers={
+                        **(self._stream_headers if call.stream else self._headers),
+                        "x-request-id": call.request_id,
+                    },
                     timeout=timeout,
                 )
                 if resp.status >= 300:

@@ -3,7 +3,8 @@
 Each request takes the next step of ``script`` (or ``"ok"`` when it is empty) and records what it
 received, so a test can say exactly what the upstream does and assert exactly what it saw.
 
-Steps: ``"ok"``, ``("status", code, retry_after_or_None)``, ``"garbage"``, ``"close_early"``
+Steps: ``"ok"``, ``("status", code, retry_after_or_None)``, ``"garbage"``, ``"gzip"``,
+``"close_early"``
 (headers and half a body, then the connection drops), ``"reset"`` (connection dropped before any
 byte), ``"hang"``, ``"stream_ok"``, ``("stream_cut", n)``, ``"stream_slow"`` (200 chunks 50 ms
 apart; sets ``abandoned`` when the client leaves), ``("stream_delayed", before_headers,
@@ -13,18 +14,20 @@ before_first_event)``, ``"not_json_object"``.
 from __future__ import annotations
 
 import asyncio
+import gzip
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 
 @dataclass
 class Upstream:
     script: list[Any] = field(default_factory=list)
     received: list[dict[str, Any]] = field(default_factory=list)
-    headers: list[dict[str, str]] = field(default_factory=list)
+    headers: list[CIMultiDict[str]] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
     # set when a slow stream's client went away before the stream finished
     abandoned: asyncio.Event = field(default_factory=asyncio.Event)
@@ -39,7 +42,7 @@ class Upstream:
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.received.append(body)
-        self.headers.append(dict(request.headers))
+        self.headers.append(request.headers.copy())
         return web.json_response(
             {
                 "object": "list",
@@ -53,7 +56,7 @@ class Upstream:
         self.raw.append(await request.read())
         body = await request.json()
         self.received.append(body)
-        self.headers.append(dict(request.headers))
+        self.headers.append(request.headers.copy())
         step = self.script.pop(0) if self.script else ("stream_ok" if body.get("stream") else "ok")
         kind = step[0] if isinstance(step, tuple) else step
         if kind == "ok":
@@ -71,6 +74,11 @@ class Upstream:
                 },
                 status=code,
                 headers=headers,
+            )
+        if kind == "gzip":  # compressed although the client asked for identity
+            data = gzip.compress(orjson.dumps(_completion(body["model"], "zipped")))
+            return web.Response(
+                body=data, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
             )
         if kind == "garbage":
             return web.Response(body=b"<html>oops</html>", content_type="application/json")

@@ -62,6 +62,9 @@ def test_non_streaming_completion_passes_body_through(gateway: Any, upstream: An
     # the upstream saw its own model name and the deployment's key, never the caller's
     assert up.received[0]["model"] == "up-model"
     assert up.headers[0]["Authorization"] == "Bearer sk-primary-secret"
+    assert up.headers[0]["x-request-id"] == raw.headers["x-request-id"]
+    # identity encoding: the body is relayed as bytes, so it must not arrive compressed
+    assert up.headers[0]["accept-encoding"] == "identity"
 
 
 def test_body_is_forwarded_unchanged_when_model_names_match(gateway: Any, upstream: Any) -> None:
@@ -280,3 +283,12 @@ def test_first_token_limit_counts_from_the_request_not_from_the_headers(
     assert info.value.status_code == 504
     assert "first token" in info.value.message
     assert time.monotonic() - started < 1.5
+
+
+def test_compressed_upstream_body_reaches_the_caller_decoded(gateway: Any, upstream: Any) -> None:
+    """An upstream that compresses although asked not to still yields a readable answer."""
+    up, up_url = upstream
+    up.script = ["gzip"]
+    gw = gateway(_config(up_url))
+    completion = _client(gw.url).chat.completions.create(model="chat", messages=USER)
+    assert completion.choices[0].message.content == "zipped"
