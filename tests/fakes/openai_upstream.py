@@ -3,12 +3,12 @@
 Each request takes the next step of ``script`` (or ``"ok"`` when it is empty) and records what it
 received, so a test can say exactly what the upstream does and assert exactly what it saw.
 
-Steps: ``"ok"``, ``("status", code, retry_after_or_None)``, ``"garbage"``, ``"gzip"``,
-``"close_early"``
-(headers and half a body, then the connection drops), ``"reset"`` (connection dropped before any
-byte), ``"hang"``, ``"stream_ok"``, ``("stream_cut", n)``, ``"stream_slow"`` (200 chunks 50 ms
-apart; sets ``abandoned`` when the client leaves), ``("stream_delayed", before_headers,
-before_first_event)``, ``"not_json_object"``.
+Steps: ``"ok"``, ``("status", code, retry_after_or_None)``, ``"garbage"``, ``"gzip"`` (a
+compressed body although identity was asked for), ``"close_early"`` (headers and half a body, then
+the connection drops), ``"reset"`` (connection dropped before any byte), ``"hang"``,
+``"stream_ok"``, ``("stream_cut", n)``, ``"stream_slow"`` (200 chunks 50 ms apart; sets
+``abandoned`` when the client leaves), ``("stream_delayed", before_headers, before_first_event)``,
+``"not_json_object"``.
 """
 
 from __future__ import annotations
