@@ -3,7 +3,9 @@
 ``load_config(path)`` reads the file once, interpolates ``${ENV_VAR}`` (and ``${ENV_VAR:-default}``)
 references, validates every section and cross-reference, and either returns a frozen
 :class:`GatewayConfig` or raises :class:`ConfigError` listing every problem as
-``FILE:LINE: PATH: reason``. Nothing starts half-configured.
+``FILE:LINE: PATH: reason``. Nothing starts half-configured. Secrets (keys, secret headers, query
+parameters) are :class:`SecretStr`, never shown in a repr; a key or header that is present must
+not be empty (an empty client key would let a request without credentials in).
 """
 
 from __future__ import annotations
@@ -11,7 +13,15 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+)
 
 from gateway.providers.simulated.settings import SimulatedSettings
 from gateway.units import parse_duration, parse_size
@@ -19,8 +29,19 @@ from gateway.yamlfile import ConfigError, ConfigIssue, YamlDocument, load_model,
 
 __all__ = ["ConfigError", "ConfigIssue", "GatewayConfig", "load_config", "parse_config"]
 
+
+def _not_blank(value: SecretStr) -> SecretStr:
+    secret = value.get_secret_value()
+    if not secret:
+        raise ValueError("must not be empty")
+    if not secret.strip():
+        raise ValueError("must not be only whitespace")
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
+Secret = Annotated[SecretStr, AfterValidator(_not_blank)]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -28,7 +49,8 @@ DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 120.0
 DEFAULT_DRAIN_TIMEOUT = 30.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
-DEFAULT_FIRST_TOKEN_TIMEOUT = 60.0
+DEFAULT_RESPONSE_TIMEOUT = 60.0
+DEFAULT_FIRST_TOKEN_TIMEOUT = 30.0
 DEFAULT_IDLE_TIMEOUT = 30.0
 DEFAULT_TAGS = ("chat", "completions", "stream")
 ENDPOINT_TAGS = {
@@ -45,9 +67,16 @@ class _Model(BaseModel):
 
 
 class Timeouts(_Model):
-    """Per-attempt limits. The overall deadline is ``server.request_timeout``."""
+    """Per-attempt limits; each is also capped by what is left of ``server.request_timeout``.
+
+    ``connect``: the TCP/TLS connection. ``response``: a whole non-streaming answer.
+    ``first_token``: a stream's first event. ``idle``: any later gap between stream events.
+    A deployment that accepts the connection and never answers costs one of these, then the
+    request fails over.
+    """
 
     connect: Duration = DEFAULT_CONNECT_TIMEOUT
+    response: Duration = DEFAULT_RESPONSE_TIMEOUT
     first_token: Duration = DEFAULT_FIRST_TOKEN_TIMEOUT
     idle: Duration = DEFAULT_IDLE_TIMEOUT
 
@@ -85,10 +114,12 @@ class OpenAIDeployment(_DeploymentBase):
 
     provider: Literal["openai"]
     base_url: str = Field(pattern=r"^https?://", description="e.g. https://api.openai.com/v1")
-    api_key: SecretStr | None = None
+    api_key: Secret | None = None
     api_key_header: Literal["authorization", "api-key"] = "authorization"
-    query_params: dict[str, str] = Field(default_factory=dict)
-    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    query_params: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Added to every URL; values may be keys (`?key=`)."
+    )
+    headers: dict[str, Secret] = Field(default_factory=dict)
 
 
 class LiteLLMDeployment(_DeploymentBase):
@@ -97,7 +128,7 @@ class LiteLLMDeployment(_DeploymentBase):
     provider: Literal["litellm"]
     tags: tuple[str, ...] = ("chat", "stream")  # /v1/completions is not served through litellm
     base_url: str | None = Field(default=None, pattern=r"^https?://")
-    api_key: SecretStr | None = None
+    api_key: Secret | None = None
     params: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold credentials
 
 
@@ -122,7 +153,7 @@ class ServerSettings(_Model):
         default=DEFAULT_DRAIN_TIMEOUT,
         description="On SIGTERM/SIGINT: stop accepting, let requests in flight finish this long.",
     )
-    api_keys: tuple[SecretStr, ...] = Field(
+    api_keys: tuple[Secret, ...] = Field(
         default=(), description="When set, callers must send one of these as a bearer token."
     )
 
@@ -177,8 +208,8 @@ class GatewayConfig(_Model):
 
 
 def _cross_reference(data: dict[str, Any], doc: YamlDocument) -> list[ConfigIssue]:
-    """Duplicate deployment names and routes naming unknown deployments (on the raw document,
-    so these are reported together with any schema error)."""
+    """Duplicate deployment names, and routes that list no deployment, an unknown one or one
+    twice (on the raw document, so these are reported together with any schema error)."""
     issues: list[ConfigIssue] = []
     deployments = data.get("deployments")
     seen: dict[str, int] = {}
@@ -200,8 +231,17 @@ def _cross_reference(data: dict[str, Any], doc: YamlDocument) -> list[ConfigIssu
             continue  # the schema check reports the wrong type
         if not names:
             issues.append(doc.issue(("routes", route), f"route `{route}` lists no deployment"))
+        listed: dict[str, int] = {}
         for j, name in enumerate(names):
-            if isinstance(name, str) and name not in seen:
+            if not isinstance(name, str):
+                continue  # the schema check reports the wrong type
+            listed[name] = listed.get(name, 0) + 1
+            if listed[name] > 1:
+                if listed[name] == 2:  # reported once, at its second place
+                    reason = f"route `{route}` lists deployment `{name}` twice"
+                    issues.append(doc.issue(("routes", route, j), reason))
+                continue
+            if name not in seen:
                 known = ", ".join(sorted(seen))
                 issues.append(
                     doc.issue(

@@ -19,6 +19,7 @@ server renders the OpenAI-shaped body ``{"error": {"message", "type", "param", "
     ├── ProviderError                    raised at the provider boundary; carries the deployment
     │   ├── ProviderRejected        4xx  don't-retry: the provider refused the request itself
     │   │   └── ContextLengthExceeded    fail-over-to-larger-context
+    │   ├── ProviderMisconfigured   502  fail-over: 401/403/404, the deployment's key or model
     │   ├── RateLimited             429  fail-over (``retry_after`` when the provider sent one)
     │   ├── ProviderServerError     5xx  retry-same once, then fail-over
     │   ├── ProviderUnavailable     503  fail-over (also 529 "overloaded")
@@ -55,6 +56,7 @@ class GatewayError(Exception):
     label: str = "internal"
     action: Action = Action.DONT_RETRY
     attempts: int = 0  # provider attempts made before this error reached the caller
+    history: tuple[ProviderError, ...] = ()  # every failed attempt, in order (for the log)
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -175,6 +177,16 @@ class ContextLengthExceeded(ProviderRejected):
     action = Action.FAIL_OVER_LARGER_CONTEXT
 
 
+class ProviderMisconfigured(ProviderError):
+    """The upstream refused the deployment, not the request: 401/403 (the deployment's own key or
+    permissions) or 404 (its model or URL). Another deployment can serve the same request, so this
+    fails over; when nothing else answers the caller sees a 502, not an auth error of its own."""
+
+    status = 502
+    code = "upstream_misconfigured"
+    label = "misconfigured"
+
+
 class RateLimited(ProviderError):
     status = 429
     type = "rate_limit_error"
@@ -281,6 +293,14 @@ def error_for_status(
         # Request timeout / conflict: transient by HTTP semantics, worth another deployment.
         return ProviderServerError(
             message, upstream_status=status, retry_after=retry_after, **kwargs
+        )
+    if status in (401, 403, 404):
+        return ProviderMisconfigured(
+            f"upstream {status} (check this deployment's key, permissions, model and base_url): "
+            f"{message}",
+            upstream_status=status,
+            code=None,
+            **kwargs,
         )
     if 400 <= status < 500:
         return ProviderRejected(message, upstream_status=status, code=code, **kwargs)

@@ -109,6 +109,7 @@ async def execute(plan: list[Deployment], call: ProviderCall, *, deadline: float
                 action = exc.action
                 if action is Action.DONT_RETRY or action is Action.CALLER_ERROR:
                     exc.attempts = attempts
+                    exc.history = tuple(errors)
                     raise exc
                 if action is Action.FAIL_OVER_LARGER_CONTEXT:
                     min_context = max(min_context or 0, dep.context_window or 0)
@@ -123,6 +124,7 @@ async def execute(plan: list[Deployment], call: ProviderCall, *, deadline: float
     last = errors[-1] if errors else None
     if isinstance(last, ContextLengthExceeded):
         last.attempts = attempts
+        last.history = tuple(errors)
         raise last
     raise _exhausted(errors, attempts, deadline_hit=False)
 
@@ -138,13 +140,14 @@ def _exhausted(
         )
         errors.append(last)
     if last is None:
-        return NoDeploymentAvailable(
-            "no deployment could take the request", last=None, attempts=attempts
+        err = NoDeploymentAvailable("no deployment could take the request", attempts=attempts)
+    else:
+        tried = ", ".join(dict.fromkeys(e.deployment for e in errors if e.deployment))
+        err = NoDeploymentAvailable(
+            f"every deployment failed ({attempts} attempt{'s' if attempts != 1 else ''} over "
+            f"{tried}); last error from `{last.deployment}`: {last.message}",
+            last=last,
+            attempts=attempts,
         )
-    tried = ", ".join(dict.fromkeys(e.deployment for e in errors if e.deployment))
-    return NoDeploymentAvailable(
-        f"every deployment failed ({attempts} attempt{'s' if attempts != 1 else ''} over "
-        f"{tried}); last error from `{last.deployment}`: {last.message}",
-        last=last,
-        attempts=attempts,
-    )
+    err.history = tuple(errors)
+    return err

@@ -7,7 +7,7 @@ The request path (keep this list true):
 2. **Describe**: :func:`gateway.validation.validate` checks the fields routing relies on and names
    the bad one (→ 400); the client-facing ``model`` picks a route (→ 404 listing the known names).
 3. **Rank**: the route's deployments in configured order, keeping those whose tags serve the
-   endpoint (the policy engine replaces this step).
+   endpoint (and ``stream`` for streaming requests); the policy engine replaces this step.
 4. **Execute**: :func:`gateway.executor.execute` walks the plan under one overall deadline
    (``server.request_timeout``), retrying or failing over by error class; a stream counts as
    answered only once its first event arrived.
@@ -15,8 +15,12 @@ The request path (keep this list true):
    by one as they arrive. A stream that breaks after its first event ends with an in-band
    ``error`` event and no ``[DONE]``: a truncated answer is never presented as complete.
 6. **Record**: one ``request`` log event (request id, model, deployment, attempts, status,
-   latency, tokens); every response carries ``x-request-id``, ``x-gateway-deployment`` and
-   ``x-gateway-attempts``.
+   latency, tokens, every failed attempt and why); every response of the ``/v1`` request
+   endpoints carries ``x-request-id`` and ``x-gateway-attempts``, and ``x-gateway-deployment``
+   once a deployment answered or failed.
+
+Anything unexpected becomes a JSON 500 naming the request id, logged with its traceback; the
+caller never sees a traceback or aiohttp's text page.
 """
 
 from __future__ import annotations
@@ -62,15 +66,16 @@ class Gateway:
         self._timeout = config.server.request_timeout
         self._keys = [k.get_secret_value().encode() for k in config.server.api_keys]
         self._log = get_logger("gateway.request")
-        # client-facing model -> endpoint -> ordered deployments that serve that endpoint
-        self.routes: dict[str, dict[str, list[Deployment]]] = {}
+        # client-facing model -> (endpoint, stream) -> ordered deployments that can serve it
+        self.routes: dict[str, dict[tuple[str, bool], list[Deployment]]] = {}
         for name, names in config.route_table().items():
-            per_endpoint: dict[str, list[Deployment]] = {}
+            plans: dict[tuple[str, bool], list[Deployment]] = {}
             for endpoint in ENDPOINTS:
-                per_endpoint[endpoint] = [
-                    deployments[d] for d in names if config.deployment(d).supports(endpoint)
-                ]
-            self.routes[name] = per_endpoint
+                serving = [config.deployment(d) for d in names]
+                serving = [d for d in serving if d.supports(endpoint)]
+                plans[endpoint, False] = [deployments[d.name] for d in serving]
+                plans[endpoint, True] = [deployments[d.name] for d in serving if "stream" in d.tags]
+            self.routes[name] = plans
         self._models_body = orjson.dumps(
             {
                 "object": "list",
@@ -120,17 +125,21 @@ class Gateway:
         )
 
     async def _not_found(self, request: web.Request) -> web.Response:
-        return _error_response(
-            NotFound(f"no route for {request.method} {request.path}; see GET /v1/models"),
-            _request_id(request),
-        )
+        started = time.perf_counter()
+        error = NotFound(f"no route for {request.method} {request.path}; see GET /v1/models")
+        request_id = _request_id(request)
+        self._record(request.path, request_id, None, None, error, started)
+        return _error_response(error, request_id)
 
     async def _method_not_allowed(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
         allowed = "POST" if request.path.removeprefix("/v1/") in ENDPOINTS else "GET"
-        resp = _error_response(
-            MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {allowed}"),
-            _request_id(request),
+        error = MethodNotAllowed(
+            f"{request.method} is not allowed on {request.path}; use {allowed}"
         )
+        request_id = _request_id(request)
+        self._record(request.path, request_id, None, None, error, started)
+        resp = _error_response(error, request_id)
         resp.headers["Allow"] = allowed
         return resp
 
@@ -147,7 +156,6 @@ class Gateway:
         request_id = _request_id(request)
         model = None
         attempt: Attempt | None = None
-        status = 200
         error: GatewayError | None = None
         try:
             # 1. Accept
@@ -174,13 +182,14 @@ class Gateway:
                     param="model",
                 )
             # 3. Rank
-            plan = route[endpoint]
+            stream = body.get("stream") is True
+            plan = route[endpoint, stream]
             if not plan:
+                what = f"streams /v1/{endpoint}" if stream else f"serves /v1/{endpoint}"
                 raise InvalidRequest(
-                    f"model `{model}` has no deployment that serves /v1/{endpoint}", param="model"
+                    f"model `{model}` has no deployment that {what}", param="model"
                 )
             # 4. Execute
-            stream = body.get("stream") is True
             call = ProviderCall(endpoint, body, raw, stream, request_id, self._timeout)
             loop = asyncio.get_running_loop()
             attempt = await execute(plan, call, deadline=loop.time() + self._timeout)
@@ -198,11 +207,14 @@ class Gateway:
             return await self._relay(request, attempt, headers)
         except GatewayError as exc:
             error = exc
-            status = exc.status
             return _error_response(exc, request_id, attempt=exc.attempts)
+        except Exception:
+            self._log.exception("unexpected error", request_id=request_id, endpoint=endpoint)
+            error = _internal(request_id)
+            return _error_response(error, request_id)
         finally:
             # 6. Record
-            self._record(endpoint, request_id, model, attempt, status, error, started)
+            self._record(endpoint, request_id, model, attempt, error, started)
 
     async def _relay(
         self, request: web.Request, attempt: Attempt, headers: dict[str, str]
@@ -221,6 +233,14 @@ class Gateway:
                 attempt.errors.append(exc)
                 attempt.outcome = exc.label
                 await resp.write(_sse_error(exc))
+            except ConnectionError:
+                raise  # the caller went away while we wrote
+            except Exception:
+                self._log.exception(
+                    "unexpected error mid-stream", request_id=headers["x-request-id"]
+                )
+                attempt.outcome = "internal"
+                await resp.write(_sse_error(_internal(headers["x-request-id"])))
         except (ConnectionError, asyncio.CancelledError):
             attempt.outcome = "caller_disconnected"
             raise
@@ -232,11 +252,12 @@ class Gateway:
 
     def _authorize(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
-        token = header[7:].encode() if header[:7].lower() == "bearer " else b""
+        token = header[7:].strip().encode() if header[:7].lower() == "bearer " else b""
         # Compare against every key so timing does not reveal which one nearly matched.
         ok = False
         for key in self._keys:
             ok |= hmac.compare_digest(token, key)
+        ok = ok and bool(token)  # an empty token never authenticates, whatever was configured
         if not ok:
             raise Unauthorized(
                 "missing or invalid API key: send `Authorization: Bearer <key>` with a key from "
@@ -249,7 +270,6 @@ class Gateway:
         request_id: str,
         model: str | None,
         attempt: Attempt | None,
-        status: int,
         error: GatewayError | None,
         started: float,
     ) -> None:
@@ -257,7 +277,7 @@ class Gateway:
             "request_id": request_id,
             "endpoint": endpoint,
             "model": model,
-            "status": status,
+            "status": error.status if error is not None else 200,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         }
         if attempt is not None:
@@ -275,10 +295,19 @@ class Gateway:
         elif error is not None:
             fields["attempts"] = error.attempts
             fields["error"] = error.label
+            if error.history:
+                fields["deployment"] = error.history[-1].deployment
+                fields["failed_attempts"] = [f"{e.deployment}:{e.label}" for e in error.history]
         if error is not None:
             self._log.warning("request", **fields)
         else:
             self._log.info("request", **fields)
+
+
+def _internal(request_id: str) -> GatewayError:
+    return GatewayError(
+        f"internal error in the gateway (request id {request_id}); the gateway log has the details"
+    )
 
 
 def _has_capacity(d: Deployment) -> bool:

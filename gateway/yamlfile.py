@@ -2,7 +2,8 @@
 
 Used for the gateway config and for the simulator's fault files. A document is kept as YAML nodes
 so that any path pydantic reports can be traced back to its line; ``${ENV_VAR}`` and
-``${ENV_VAR:-default}`` references are replaced once, at load.
+``${ENV_VAR:-default}`` references are replaced once, at load. A key given twice in one mapping is
+an error (PyYAML alone would silently keep the last one).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from yaml.constructor import SafeConstructor
 
 M = TypeVar("M", bound=BaseModel)
 
 DISCRIMINATORS = ("provider", "kind")
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -52,7 +55,11 @@ def format_path(loc: tuple[Any, ...]) -> str:
 
 
 class YamlDocument:
-    """A YAML document kept as nodes so that any path can be traced back to its line."""
+    """A YAML document kept as nodes so that any path can be traced back to its line.
+
+    ``issues`` lists the problems found while loading that the data alone cannot show (a key
+    given twice in one mapping); :func:`load_model` reports them with every other problem.
+    """
 
     def __init__(self, file: str, text: str) -> None:
         self.file = file
@@ -64,12 +71,54 @@ class YamlDocument:
             line = mark.line + 1 if mark is not None else None
             problem = getattr(exc, "problem", None) or str(exc)
             raise ConfigError([ConfigIssue(file, line, "", f"invalid YAML: {problem}")]) from None
+        self.issues: list[ConfigIssue] = []
+        if self.root is not None:
+            self._find_duplicate_keys(self.root, (), SafeConstructor(), set())
+
+    def _find_duplicate_keys(
+        self,
+        node: yaml.Node,
+        loc: tuple[Any, ...],
+        constructor: SafeConstructor,
+        visited: set[int],
+    ) -> None:
+        """Record every key that repeats an earlier key of its mapping, at the repeat's line.
+
+        Keys are compared as PyYAML compares them when it builds the dict (``yes`` and ``true``
+        are the same key), and each node is walked once, however many aliases point at it.
+        """
+        if id(node) in visited:
+            return
+        visited.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key, value in node.value:
+                line = key.start_mark.line + 1
+                if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE_TAG:
+                    ident = constructor.construct_object(key)
+                    if ident in first:
+                        self.issues.append(
+                            ConfigIssue(
+                                self.file,
+                                line,
+                                format_path((*loc, key.value)),
+                                f"duplicate key `{key.value}` (first at line {first[ident]})",
+                            )
+                        )
+                    else:
+                        first[ident] = line
+                part = key.value if isinstance(key, yaml.ScalarNode) else "?"
+                self._find_duplicate_keys(value, (*loc, part), constructor, visited)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._find_duplicate_keys(item, (*loc, i), constructor, visited)
 
     def resolve(self, loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], int | None]:
         """Follow ``loc`` through the nodes; return the path that exists and its line.
 
         pydantic's union tags (``provider: openai`` puts ``openai`` in the path) are skipped; a
-        missing key stays in the path and is reported at its parent's line.
+        missing key stays in the path and is reported at its parent's line. A repeated key
+        resolves to its last occurrence, the one whose value was loaded.
         """
         node = self.root
         line = node.start_mark.line + 1 if node is not None else None
@@ -83,8 +132,7 @@ class YamlDocument:
             if isinstance(node, yaml.MappingNode):
                 for key, value in node.value:
                     if key.value == str(part):
-                        child = (value, key.start_mark.line + 1)
-                        break
+                        child = (value, key.start_mark.line + 1)  # no break: the last one wins
             elif (
                 isinstance(node, yaml.SequenceNode)
                 and isinstance(part, int)
@@ -114,7 +162,11 @@ def _is_tag(node: yaml.MappingNode, part: Any) -> bool:
 def interpolate(
     value: Any, doc: YamlDocument, issues: list[ConfigIssue], loc: tuple[Any, ...] = ()
 ) -> Any:
-    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; record unset variables."""
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string.
+
+    ``${VAR:-default}`` gives the default when VAR is unset or empty. ``${VAR}`` with VAR unset or
+    empty is recorded in ``issues`` (an empty value must never pass for a key) and replaced by "".
+    """
     if isinstance(value, str):
         if "${" not in value:
             return value
@@ -122,16 +174,20 @@ def interpolate(
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             found = os.environ.get(name)
-            if found is None or (found == "" and default is not None):
-                if default is not None:
-                    return default
-                issues.append(
-                    doc.issue(
-                        loc, f"environment variable {name} is not set (referenced as ${{{name}}})"
-                    )
+            if found:
+                return found
+            if default is not None:
+                return default
+            ref = f"${{{name}}}"
+            if found is None:
+                reason = f"environment variable {name} is not set (referenced as {ref})"
+            else:
+                reason = (
+                    f"environment variable {name} is set but empty (referenced as {ref}); "
+                    f"set it or give a default with ${{{name}:-value}}"
                 )
-                return ""
-            return found
+            issues.append(doc.issue(loc, reason))
+            return ""
 
         return _ENV_REF.sub(sub, value)
     if isinstance(value, dict):
@@ -198,9 +254,10 @@ def load_model(
 ) -> M:
     """Parse, interpolate and validate ``text`` as ``model``; raise :class:`ConfigError`.
 
-    Every problem is reported at once: unset environment variables, schema errors and, when
-    ``cross_check`` is given, the problems it finds in the raw document (references between
-    sections), sorted by line.
+    Every problem is reported at once, sorted by line: duplicate keys, unset or empty environment
+    variables, schema errors and, when ``cross_check`` is given, the problems it finds in the raw
+    document (references between sections). A value whose variable could not be interpolated is
+    reported once, for the variable, not again by the schema.
     """
     doc = YamlDocument(file, text)
     data = doc.data
@@ -208,15 +265,17 @@ def load_model(
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(file, 1, "", f"the document must be {expected}")])
-    issues: list[ConfigIssue] = []
-    data = interpolate(data, doc, issues)
+    env_issues: list[ConfigIssue] = []
+    data = interpolate(data, doc, env_issues)
+    issues = [*doc.issues, *env_issues]
     if cross_check is not None:
         issues.extend(cross_check(data, doc))
     result: M | None = None
     try:
         result = model.model_validate(data)
     except ValidationError as exc:
-        issues.extend(validation_issues(exc, doc))
+        blamed = {(i.line, i.path) for i in env_issues}
+        issues.extend(i for i in validation_issues(exc, doc) if (i.line, i.path) not in blamed)
     if issues or result is None:
         raise ConfigError(sorted(issues, key=lambda i: i.line or 0))
     return result

@@ -165,7 +165,9 @@ class LiteLLMProvider:
             kwargs["stream"] = True
             kwargs["stream_options"] = {"include_usage": True}  # usage always lands in the state
         if not call.stream:
-            return _response(await self._call(self._litellm.acompletion, kwargs, call.timeout))
+            limit = min(call.timeout, self._timeouts.response)
+            kwargs["timeout"] = limit
+            return _response(await self._call(self._litellm.acompletion, kwargs, limit))
         # Opening the stream comes before its first token: both limits apply.
         started = time.monotonic()
         limit = min(call.timeout, self._timeouts.first_token)
@@ -185,7 +187,9 @@ class LiteLLMProvider:
     async def _embeddings(self, call: ProviderCall) -> ProviderResponse:
         kwargs = self._kwargs(call, EMBEDDING_FIELDS)
         kwargs["input"] = call.body.get("input")
-        result = await self._call(self._litellm.aembedding, kwargs, call.timeout)
+        limit = min(call.timeout, self._timeouts.response)
+        kwargs["timeout"] = limit
+        result = await self._call(self._litellm.aembedding, kwargs, limit)
         return _response(result)
 
     async def _call(self, function: Any, kwargs: dict[str, Any], limit: float) -> Any:

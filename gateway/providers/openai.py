@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from gateway.config import OpenAIDeployment
@@ -44,7 +45,9 @@ class OpenAIProvider:
         self._name = deployment.name
         base = deployment.base_url.rstrip("/")
         self._urls = {
-            ep: URL(f"{base}/{ep}").update_query(deployment.query_params or None)
+            ep: URL(f"{base}/{ep}").update_query(
+                {k: v.get_secret_value() for k, v in deployment.query_params.items()} or None
+            )
             for ep in ("chat/completions", "completions", "embeddings")
         }
         # identity: bodies are relayed as the bytes received, so they must not come compressed
@@ -57,12 +60,14 @@ class OpenAIProvider:
                 headers["api-key"] = secret
             else:
                 headers["Authorization"] = f"Bearer {secret}"
+        self._secrets = [v for v in _secret_values(deployment) if v]
         self._headers = headers
         self._stream_headers = {**headers, "Accept": "text/event-stream"}
         t = deployment.timeouts
         self._connect_timeout = t.connect
         self._client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect)
         self._first_token_timeout = t.first_token
+        self._response_timeout = t.response
         self._idle_timeout = t.idle
 
     def __repr__(self) -> str:
@@ -78,7 +83,9 @@ class OpenAIProvider:
         timeout = self._client_timeout
         if call.timeout < self._connect_timeout:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=call.timeout)
-        limit = call.timeout if not call.stream else min(call.timeout, self._first_token_timeout)
+        limit = min(
+            call.timeout, self._first_token_timeout if call.stream else self._response_timeout
+        )
         resp: aiohttp.ClientResponse | None = None
         loop = asyncio.get_running_loop()
         first_token_deadline = loop.time() + limit
@@ -98,36 +105,47 @@ class OpenAIProvider:
                 if not call.stream:
                     body = await resp.read()
                     resp.release()
-                    return self._complete(body)
+                    return self._complete(call.endpoint, body)
         except ProviderError:
             if resp is not None:
                 resp.release()
             raise
-        except TimeoutError:
+        except Exception as exc:  # translated once, here; cancellation passes through
             if resp is not None:
                 resp.close()
-            what = "a response" if resp is None or not call.stream else "the stream to start"
-            raise ProviderTimeout(f"no {what} within {limit:g}s", deployment=self._name) from None
-        except aiohttp.ClientPayloadError as exc:
-            if resp is not None:
-                resp.close()
-            raise BadUpstreamResponse(
-                f"upstream closed the connection before the body was complete ({exc})",
-                deployment=self._name,
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise ProviderUnreachable(
-                f"cannot reach upstream: {_describe(exc)}", deployment=self._name
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            if resp is not None:
-                resp.close()
-            raise ProviderConnectionError(
-                f"cannot reach upstream: {_describe(exc)}", deployment=self._name
-            ) from None
+            what = "a response" if not call.stream else "the stream to start"
+            raise self._translate(exc, f"no {what} within {limit:g}s") from None
         return self._stream(resp, max(first_token_deadline - loop.time(), 0.0))
 
-    def _complete(self, body: bytes) -> ProviderResponse:
+    def _translate(self, exc: Exception, timeout_message: str) -> ProviderError:
+        """A foreign exception from sending or reading as the gateway's error class."""
+        name = self._name
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):  # before TimeoutError: a subclass
+            return ProviderUnreachable(
+                f"no connection within {self._connect_timeout:g}s (timeouts.connect)",
+                deployment=name,
+            )
+        if isinstance(exc, TimeoutError):
+            return ProviderTimeout(timeout_message, deployment=name)
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return ProviderUnreachable(f"cannot reach upstream: {_describe(exc)}", deployment=name)
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return BadUpstreamResponse(
+                "upstream closed the connection before the body was complete", deployment=name
+            )
+        if isinstance(exc, aiohttp.ClientResponseError | HttpProcessingError | ValueError):
+            return BadUpstreamResponse(
+                f"upstream sent a malformed HTTP response ({type(exc).__name__})", deployment=name
+            )
+        if isinstance(exc, aiohttp.ClientError | OSError):
+            return ProviderConnectionError(
+                f"connection to upstream lost before an answer: {_describe(exc)}", deployment=name
+            )
+        return BadUpstreamResponse(
+            f"unexpected {type(exc).__name__} while talking to the upstream", deployment=name
+        )
+
+    def _complete(self, endpoint: str, body: bytes) -> ProviderResponse:
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -139,8 +157,13 @@ class OpenAIProvider:
             raise BadUpstreamResponse(
                 "upstream answered 200 with JSON that is not an object", deployment=self._name
             )
-        if "error" in parsed and "choices" not in parsed and "data" not in parsed:
-            raise _error_from_body(200, parsed, self._name, None)
+        key = "data" if endpoint == "embeddings" else "choices"
+        if not isinstance(parsed.get(key), list):
+            if "error" in parsed:
+                raise self._error_from_body(200, parsed, None)
+            raise BadUpstreamResponse(
+                f"upstream answered 200 without a `{key}` list", deployment=self._name
+            )
         return ProviderResponse(body=body, usage=Usage.from_openai(parsed.get("usage")))
 
     def _stream(self, resp: aiohttp.ClientResponse, first_timeout: float) -> SSEStream:
@@ -165,48 +188,62 @@ class OpenAIProvider:
         retry_after = parse_retry_after(resp.headers)
         try:
             raw = await resp.content.read(_ERROR_BODY_LIMIT)
-        except (aiohttp.ClientError, OSError):
+        except (aiohttp.ClientError, OSError, HttpProcessingError, ValueError):
             raw = b""
         try:
             parsed: Any = orjson.loads(raw)
         except orjson.JSONDecodeError:
             parsed = None
         if isinstance(parsed, dict):
-            return _error_from_body(resp.status, parsed, self._name, retry_after)
+            return self._error_from_body(resp.status, parsed, retry_after)
         text = raw[:200].decode("utf-8", "replace").strip() or resp.reason or "no body"
         return error_for_status(
             resp.status,
-            f"upstream {resp.status}: {text}",
+            self._redact(f"upstream {resp.status}: {text}"),
             deployment=self._name,
             retry_after=retry_after,
         )
+
+    def _error_from_body(
+        self, status: int, parsed: dict[str, Any], retry_after: float | None
+    ) -> ProviderError:
+        """The provider's own error object (``{"error": {...}}``) with its message and code."""
+        if status == 200:
+            status = 502  # an error object in a 200: a server-side failure
+        error = parsed.get("error")
+        code = param = None
+        if isinstance(error, dict):
+            message = str(error.get("message") or f"upstream error {status}")
+            code = error.get("code")
+            param = error.get("param")
+        else:
+            message = str(error or parsed.get("message") or f"upstream error {status}")
+        return error_for_status(
+            status,
+            self._redact(message),
+            deployment=self._name,
+            retry_after=retry_after,
+            code=str(code) if code is not None else None,
+            param=str(param) if param is not None else None,
+        )
+
+    def _redact(self, text: str) -> str:
+        """Upstreams sometimes echo a key back; no configured secret reaches the caller."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "[redacted]")
+        return text
 
     async def close(self) -> None:
         """The shared session is closed by its owner."""
 
 
-def _error_from_body(
-    status: int, parsed: dict[str, Any], deployment: str, retry_after: float | None
-) -> ProviderError:
-    error = parsed.get("error")
-    if isinstance(error, dict):
-        message = str(error.get("message") or f"upstream error {status}")
-        code = error.get("code")
-        param = error.get("param")
-        if status == 200:
-            status = 502
-        return error_for_status(
-            status,
-            message,
-            deployment=deployment,
-            retry_after=retry_after,
-            code=str(code) if code is not None else None,
-            param=str(param) if param is not None else None,
-        )
-    message = str(error or parsed.get("message") or f"upstream error {status}")
-    return error_for_status(
-        502 if status == 200 else status, message, deployment=deployment, retry_after=retry_after
-    )
+def _secret_values(deployment: OpenAIDeployment) -> list[str]:
+    values = [v.get_secret_value() for v in deployment.headers.values()]
+    values += [v.get_secret_value() for v in deployment.query_params.values()]
+    if deployment.api_key is not None:
+        values.append(deployment.api_key.get_secret_value())
+    return values
 
 
 def _describe(exc: BaseException) -> str:
@@ -216,4 +253,7 @@ def _describe(exc: BaseException) -> str:
         )
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "server closed the connection before answering"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    # Only the class and the OS error: aiohttp's own text can quote the URL with its query.
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return type(exc).__name__

@@ -5,12 +5,17 @@ assembles complete events, checks that each ``data:`` payload is JSON, keeps the
 :class:`StreamState` current and enforces the first-token and idle timeouts. It is the one place
 that decides whether a stream ended well:
 
-- ``data: [DONE]`` ends it;
-- the source ending after a chunk carried a ``finish_reason`` ends it too, and a ``[DONE]`` is
-  added so the caller's client sees a proper end;
-- anything else (connection cut, stall past the idle timeout, an event that is not JSON, an
-  in-band ``error`` event) raises :class:`StreamBroken`, or :class:`ProviderTimeout` when the first
-  event never came. A truncated answer is never passed off as complete.
+- it ended well when every choice it showed carried a ``finish_reason``; then ``data: [DONE]``
+  ends it, and so does the source ending (a ``[DONE]`` is added so the caller's client sees a
+  proper end);
+- anything else raises :class:`StreamBroken`: ``[DONE]`` or the end of the source while a choice
+  is unfinished or before any chunk, a connection cut, a stall past the idle timeout, an event
+  that is not JSON, a line too long to read, an in-band ``error`` event; or
+  :class:`ProviderTimeout` when the first event never came. A truncated answer is never passed
+  off as complete.
+
+Events are relayed as received; a payload that spanned several ``data:`` lines keeps one
+``data:`` prefix per line.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.errors import ProviderError, ProviderTimeout, StreamBroken
 from gateway.providers.base import DONE_EVENT, StreamState, Usage
@@ -37,9 +43,11 @@ class SSEStream:
         "_deployment",
         "_expired",
         "_finished",
+        "_finished_choices",
         "_first_timeout",
         "_idle_timeout",
         "_on_close",
+        "_open_choices",
         "_reader",
         "_readline",
         "_timer",
@@ -68,6 +76,8 @@ class SSEStream:
         self._reader: asyncio.Task[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._expired = False
+        self._open_choices: set[Any] = set()
+        self._finished_choices: set[Any] = set()
 
     def __aiter__(self) -> SSEStream:
         return self
@@ -108,30 +118,43 @@ class SSEStream:
         except ProviderError:
             await self.aclose()
             raise
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError, HttpProcessingError, ValueError) as exc:
+            # ValueError / HttpProcessingError: a line longer than the reader's limit.
             await self.aclose()
             raise StreamBroken(
                 f"stream cut after {self.state.chunks} chunks: {type(exc).__name__}",
                 deployment=self._deployment,
             ) from None
-        if data is None:  # the source ended
+        if data is None or data == b"[DONE]":
             await self.aclose()
-            if self.state.finish_reason is not None:
-                self._finished = True
-                self.state.done = True
-                return DONE_EVENT
-            raise StreamBroken(
-                f"stream ended without finishing after {self.state.chunks} chunks",
-                deployment=self._deployment,
-            )
-        if data == b"[DONE]":
+            self._check_complete("[DONE]" if data else "the end of the stream")
             self._finished = True
             self.state.done = True
-            await self.aclose()
             return DONE_EVENT
-        self._inspect(data)
+        try:
+            self._inspect(data)
+        except ProviderError:
+            await self.aclose()
+            raise
         self.state.chunks += 1
+        if b"\n" in data:
+            data = data.replace(b"\n", b"\ndata: ")
         return b"data: " + data + b"\n\n"
+
+    def _check_complete(self, what: str) -> None:
+        """Raise :class:`StreamBroken` unless every choice shown so far has finished."""
+        chunks = self.state.chunks
+        if self._open_choices:
+            unfinished = ", ".join(str(i) for i in sorted(self._open_choices, key=str))
+            raise StreamBroken(
+                f"{what} came after {chunks} chunks with choice {unfinished} unfinished",
+                deployment=self._deployment,
+            )
+        if self.state.finish_reason is None:
+            raise StreamBroken(
+                f"{what} came after {chunks} chunks without a finish_reason",
+                deployment=self._deployment,
+            )
 
     def _watch(self) -> None:
         """The watchdog: cancel a read that has waited past its deadline, else re-arm.
@@ -187,8 +210,16 @@ class SSEStream:
         choices = event.get("choices")
         if isinstance(choices, list):
             for choice in choices:
-                if isinstance(choice, dict) and choice.get("finish_reason"):
-                    self.state.finish_reason = choice["finish_reason"]
+                if not isinstance(choice, dict):
+                    continue
+                index = choice.get("index", 0)
+                reason = choice.get("finish_reason")
+                if reason:
+                    self.state.finish_reason = reason
+                    self._finished_choices.add(index)
+                    self._open_choices.discard(index)
+                elif index not in self._finished_choices:
+                    self._open_choices.add(index)
         usage = event.get("usage")
         if usage:
             self.state.usage = Usage.from_openai(usage)

@@ -8,7 +8,8 @@ compressed body although identity was asked for), ``"close_early"`` (headers and
 the connection drops), ``"reset"`` (connection dropped before any byte), ``"hang"``,
 ``"stream_ok"``, ``("stream_cut", n)``, ``"stream_slow"`` (200 chunks 50 ms apart; sets
 ``abandoned`` when the client leaves), ``("stream_delayed", before_headers, before_first_event)``,
-``"not_json_object"``.
+``"not_json_object"``, ``"empty_object"`` (``{}`` with a 200), ``"echo_key"`` (a 400 quoting the
+Authorization header it got).
 """
 
 from __future__ import annotations
@@ -82,6 +83,13 @@ class Upstream:
             )
         if kind == "garbage":
             return web.Response(body=b"<html>oops</html>", content_type="application/json")
+        if kind == "echo_key":  # a 400 that quotes the credentials it received
+            return web.json_response(
+                {"error": {"message": f"bad request; got {request.headers.get('Authorization')}"}},
+                status=400,
+            )
+        if kind == "empty_object":
+            return web.json_response({})
         if kind == "not_json_object":
             return web.Response(body=b"[1, 2]", content_type="application/json")
         if kind == "close_early":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 import urllib.request
 from typing import Any
@@ -170,7 +172,7 @@ def test_provider_rejection_propagates_status_and_reason(
     assert fb.received == []
 
 
-@pytest.mark.parametrize("step", ["garbage", "close_early", "not_json_object"])
+@pytest.mark.parametrize("step", ["garbage", "close_early", "not_json_object", "empty_object"])
 def test_garbage_or_truncated_upstream_body_is_a_clear_502(
     gateway: Any, upstream: Any, step: str
 ) -> None:
@@ -292,3 +294,101 @@ def test_compressed_upstream_body_reaches_the_caller_decoded(gateway: Any, upstr
     gw = gateway(_config(up_url))
     completion = _client(gw.url).chat.completions.create(model="chat", messages=USER)
     assert completion.choices[0].message.content == "zipped"
+
+
+def test_hung_non_streaming_attempt_fails_over_after_the_response_timeout(
+    gateway: Any, upstream: Any, scripted_upstream: Any
+) -> None:
+    """A primary that accepts and never answers costs timeouts.response; the fallback answers."""
+    up, up_url = upstream
+    fb, fb_server = scripted_upstream()
+    up.script = ["hang"]
+    gw = gateway(
+        _config(up_url, fb_server.url).replace("first_token: 2s", "first_token: 2s, response: 1s")
+    )
+    client = _client(gw.url)
+    client.models.list()  # keep the SDK's own set-up out of the timing
+    started = time.monotonic()
+    raw = client.chat.completions.with_raw_response.create(model="chat", messages=USER)
+    assert raw.headers["x-gateway-deployment"] == "fallback"
+    assert 1.0 <= time.monotonic() - started < 2.5
+    assert len(fb.received) == 1
+
+
+def test_upstream_echoing_the_key_never_shows_it_to_the_caller(gateway: Any, upstream: Any) -> None:
+    """A provider message that quotes the deployment's key reaches the caller redacted."""
+    up, up_url = upstream
+    up.script = ["echo_key"]
+    gw = gateway(_config(up_url))
+    with pytest.raises(openai.BadRequestError) as info:
+        _client(gw.url).chat.completions.create(model="chat", messages=USER)
+    assert "sk-primary-secret" not in json.dumps(info.value.body)
+    assert "[redacted]" in info.value.message
+
+
+def test_upstream_refusing_the_deployment_key_fails_over(
+    gateway: Any, upstream: Any, scripted_upstream: Any
+) -> None:
+    """A 401 for the deployment's own key is that deployment's fault: the fallback answers."""
+    up, up_url = upstream
+    fb, fb_server = scripted_upstream()
+    up.script = [("status", 401, None)]
+    gw = gateway(_config(up_url, fb_server.url))
+    raw = _client(gw.url).chat.completions.with_raw_response.create(model="chat", messages=USER)
+    assert raw.headers["x-gateway-deployment"] == "fallback"
+    assert len(fb.received) == 1
+
+
+def test_malformed_http_from_upstream_is_a_bad_response_not_a_connection_error(
+    gateway: Any,
+) -> None:
+    """Bytes that are not HTTP are a bad upstream response (fail over), with no URL quoted."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        gw = gateway(_config(f"http://127.0.0.1:{port}"))
+        with pytest.raises(openai.InternalServerError) as info:
+            _client(gw.url).chat.completions.create(model="chat", messages=USER)
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+    body = info.value.body
+    assert isinstance(body, dict) and body["code"] == "bad_upstream_response"
+    assert info.value.response.headers["x-gateway-attempts"] == "1"
+    assert f"127.0.0.1:{port}" not in body["message"]
+
+
+def test_streaming_request_skips_deployments_not_tagged_stream(
+    gateway: Any, upstream: Any, scripted_upstream: Any
+) -> None:
+    """A deployment without the `stream` tag never gets a streaming request."""
+    up, up_url = upstream
+    fb, fb_server = scripted_upstream()
+    text = _config(up_url, fb_server.url).replace(
+        "aliases: [chat]\n    base_url: " + up_url,
+        "aliases: [chat]\n    tags: [chat]\n    base_url: " + up_url,
+    )
+    gw = gateway(text)
+    raw = _client(gw.url).chat.completions.with_raw_response.create(
+        model="chat", messages=USER, stream=True
+    )
+    assert raw.headers["x-gateway-deployment"] == "fallback"
+    assert up.received == [] and fb.received[0]["stream"] is True

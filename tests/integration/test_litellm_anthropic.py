@@ -29,6 +29,7 @@ from gateway.config import LiteLLMDeployment, Timeouts
 from gateway.errors import (
     ContextLengthExceeded,
     ProviderError,
+    ProviderMisconfigured,
     ProviderRejected,
     ProviderTimeout,
     ProviderUnavailable,
@@ -238,17 +239,17 @@ def test_prompt_too_long_is_context_length_exceeded() -> None:
 
 
 def test_wrong_key_is_rejected_401_and_the_key_never_leaks() -> None:
-    """A refused key is ProviderRejected 401; the key (echoed upstream) is redacted everywhere."""
+    """A refused key is the deployment's fault (fail over, 502); the echoed key is redacted."""
     wrong = "sk-ant-wrong-key-0123456789"
 
     async def run() -> None:
         async with _setup(key=wrong) as (fake, provider):
             for stream in (False, True):
-                with pytest.raises(ProviderRejected) as caught:
+                with pytest.raises(ProviderMisconfigured) as caught:
                     await provider.send(_call(stream=stream))
                 exc = caught.value
-                assert exc.status == 401 and exc.upstream_status == 401
-                assert exc.message.startswith("invalid")  # litellm masks the echoed key itself
+                assert exc.status == 502 and exc.upstream_status == 401
+                assert "invalid" in exc.message  # litellm masks the echoed key itself
                 assert fake.requests[-1].headers["x-api-key"] == wrong  # the fake saw it
                 for text in (exc.message, str(exc), repr(exc), str(exc.to_openai())):
                     assert wrong not in text

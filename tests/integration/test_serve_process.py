@@ -94,8 +94,9 @@ deployments:
             _request(chat, {"model": "dead-model", "messages": msgs}),
             _request(chat, {"model": "chat"}),
             _request(chat, {"model": "chat", "messages": msgs}, key="wrong-key"),
+            _request(f"{url}/v1/assistants", {}),
         ]
-        assert statuses == [200, 502, 400, 401]
+        assert statuses == [200, 502, 400, 401, 404]
         assert up.headers[0]["Authorization"] == f"Bearer {UPSTREAM_KEY}"
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -103,12 +104,15 @@ deployments:
     assert proc.returncode == 0
     events = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
     requests = [e for e in events if e["event"] == "request"]
-    assert [e["status"] for e in requests] == [200, 502, 400, 401]
+    assert [e["status"] for e in requests] == [200, 502, 400, 401, 404]
+    assert requests[4]["endpoint"] == "/v1/assistants"
     ok = requests[0]
     assert ok["deployment"] == "up" and ok["attempts"] == 1 and ok["model"] == "chat"
     assert ok["prompt_tokens"] == 4 and ok["completion_tokens"] == 3
     assert ok["latency_ms"] > 0 and len(ok["request_id"]) == 24
-    assert requests[1]["error"] == "exhausted" and requests[1]["attempts"] == 1
+    failed = requests[1]
+    assert (failed["error"], failed["attempts"], failed["deployment"]) == ("exhausted", 1, "dead")
+    assert failed["failed_attempts"] == ["dead:unreachable"]
     everything = out + err
     assert UPSTREAM_KEY.encode() not in everything
     assert CALLER_KEY.encode() not in everything

@@ -207,6 +207,14 @@ def _depends_on(spec: dict[str, Any]) -> set[str]:
     return set(deps) if isinstance(deps, list) else set(deps.keys())
 
 
+def _has_healthcheck(spec: dict[str, Any]) -> bool:
+    """Whether the service's container reports health (its own check or the image's)."""
+    check = spec.get("healthcheck")
+    if check is not None:
+        return not check.get("disable", False) and _argv(check.get("test", ["NONE"])) != ["NONE"]
+    return "build" in spec and bool(_dockerfile().healthcheck)
+
+
 def _healthcheck_url(argv: list[str]) -> tuple[int, str]:
     text = " ".join(argv)
     match = re.search(r"http://(?:127\.0\.0\.1|localhost):(\d+)(/[^'\" ]*)", text)
@@ -355,6 +363,20 @@ def test_redis_keeps_nothing_on_disk_and_the_gateway_waits_for_it() -> None:
 
 
 # --- health checks ----------------------------------------------------------------------------
+
+
+def test_gateway_waits_until_every_dependency_with_a_health_check_is_healthy() -> None:
+    """The gateway starts once Redis and the simulators answer their checks, not merely started."""
+    services = _services()
+    depends_on = services[GATEWAY_SERVICE]["depends_on"]
+    assert isinstance(depends_on, dict), "use the long form of depends_on to state conditions"
+    checked = set()
+    for name, spec in depends_on.items():
+        if _has_healthcheck(services[name]):
+            assert spec.get("condition") == "service_healthy", f"gateway: {name} {spec}"
+            checked.add(name)
+    simulators = {c.service for c in _commands().values() if c.args.command == "simulate"}
+    assert checked >= {"redis", *simulators}
 
 
 def test_image_healthcheck_hits_healthz_on_the_gateway_port() -> None:

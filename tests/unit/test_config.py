@@ -31,6 +31,7 @@ from gateway.config import (
     load_config,
     parse_config,
 )
+from gateway.providers.simulated.server import load_settings_file
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "sk-test-DO-NOT-LEAK-4f9a1c"
@@ -133,7 +134,10 @@ def test_openai_deployment_round_trips() -> None:
     assert (d.timeouts.connect, d.timeouts.first_token, d.timeouts.idle) == (0.25, 20.0, 5.0)
     assert d.api_key is not None and d.api_key.get_secret_value() == SECRET
     assert d.api_key_header == "api-key"
-    assert d.query_params == {"api-version": "2024-06-01"}
+    assert all(isinstance(v, SecretStr) for v in d.query_params.values())
+    assert {k: v.get_secret_value() for k, v in d.query_params.items()} == {
+        "api-version": "2024-06-01"
+    }
     assert d.headers["x-org"].get_secret_value() == SECRET
     assert _round_trip(config) == config
 
@@ -351,6 +355,34 @@ def test_env_default_applies_when_unset_or_empty(monkeypatch: pytest.MonkeyPatch
     assert config.logging.level == "warning"
 
 
+def test_empty_env_var_without_default_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`${VAR}` with VAR set but empty is an error (an empty client key would admit anyone)."""
+    monkeypatch.setenv("GW_TEST_EMPTY", "")
+    issues = _rejected(f'server:\n  api_keys: ["${{GW_TEST_EMPTY}}"]\n{MINIMAL}')
+    assert issues == [
+        "gw.yaml:2: server.api_keys[0]: environment variable GW_TEST_EMPTY is set but empty "
+        "(referenced as ${GW_TEST_EMPTY}); set it or give a default with ${GW_TEST_EMPTY:-value}"
+    ]
+
+
+def test_empty_env_var_inside_a_longer_string_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty `${VAR}` is refused wherever it appears, not only as a whole value."""
+    monkeypatch.setenv("GW_TEST_EMPTY", "")
+    issues = _rejected(
+        """\
+        deployments:
+          - name: a
+            provider: openai
+            model: m
+            base_url: https://${GW_TEST_EMPTY}/v1
+        """
+    )
+    assert len(issues) == 1
+    assert issues[0].startswith(
+        "gw.yaml:5: deployments[0].base_url: environment variable GW_TEST_EMPTY is set but empty"
+    )
+
+
 # --- bad input: FILE:LINE: PATH: reason ----------------------------------------------------------
 
 
@@ -464,6 +496,128 @@ def test_duplicate_deployment_name_points_at_the_second_use() -> None:
     assert issues == [
         "gw.yaml:5: deployments[1].name: deployment name `a` is already used by deployments[0]"
     ]
+
+
+def test_route_listing_a_deployment_twice_is_refused_at_the_second_place() -> None:
+    """A deployment repeated in one route is reported once, where it is repeated."""
+    issues = _rejected(
+        """\
+        deployments:
+          - {name: a, provider: simulated, model: m}
+          - {name: b, provider: simulated, model: m}
+        routes:
+          chat:
+            - a
+            - b
+            - a
+            - a
+          other: [b, a]
+        """
+    )
+    assert issues == ["gw.yaml:8: routes.chat[2]: route `chat` lists deployment `a` twice"]
+
+
+def test_duplicate_section_is_refused_at_its_second_occurrence() -> None:
+    """Two `server:` blocks are an error naming both lines, not a silent last-one-wins."""
+    issues = _rejected(f"server:\n  port: 1\n{MINIMAL}server:\n  port: 2\n")
+    assert issues == ["gw.yaml:5: server: duplicate key `server` (first at line 1)"]
+
+
+def test_duplicate_route_name_is_refused() -> None:
+    """A route name given twice under `routes:` is reported at the repeat."""
+    issues = _rejected(
+        """\
+        deployments:
+          - {name: a, provider: simulated, model: m}
+          - {name: b, provider: simulated, model: m}
+        routes:
+          chat: [a]
+          chat: [b]
+        """
+    )
+    assert issues == ["gw.yaml:6: routes.chat: duplicate key `chat` (first at line 5)"]
+
+
+def test_duplicate_key_inside_a_list_item_has_the_full_path() -> None:
+    """A key repeated in a flow mapping inside a list is reported with its index in the path."""
+    issues = _rejected("deployments:\n  - {name: a, provider: simulated, model: m, model: n}\n")
+    assert issues == ["gw.yaml:2: deployments[0].model: duplicate key `model` (first at line 2)"]
+
+
+def test_keys_equal_once_loaded_count_as_duplicates() -> None:
+    """`yes` and `true` are one key once loaded, as are `1` and `01` (the schema then also
+    refuses them as non-string keys)."""
+    issues = _rejected(
+        """\
+        deployments:
+          - name: a
+            provider: openai
+            model: m
+            base_url: http://h:1/v1
+            query_params: {1: x, 01: y}
+            headers: {yes: x, true: y}
+        """
+    )
+    assert (
+        "gw.yaml:6: deployments[0].query_params.01: duplicate key `01` (first at line 6)" in issues
+    )
+    assert (
+        "gw.yaml:7: deployments[0].headers.true: duplicate key `true` (first at line 7)" in issues
+    )
+    assert not any("query_params.1:" in i or "headers.yes:" in i for i in issues)
+
+
+def test_duplicate_key_and_schema_errors_are_reported_together_at_the_loaded_lines() -> None:
+    """A schema error in the block that was loaded (the last) is reported at that block's line."""
+    issues = _rejected(f"server:\n  port: 1\n{MINIMAL}server:\n  port: 70000\n")
+    assert [i.split(": ")[:2] for i in issues] == [
+        ["gw.yaml:5", "server"],
+        ["gw.yaml:6", "server.port"],
+    ]
+
+
+def test_anchored_mapping_with_a_duplicate_is_reported_once() -> None:
+    """A mapping reused through aliases is checked once, at the place it is written."""
+    issues = _rejected(
+        """\
+        deployments:
+          - {name: a, provider: simulated, model: m, timeouts: &t {idle: 1s, idle: 2s}}
+          - {name: b, provider: simulated, model: m, timeouts: *t}
+          - {name: c, provider: simulated, model: m, timeouts: *t}
+        """
+    )
+    assert issues == [
+        "gw.yaml:2: deployments[0].timeouts.idle: duplicate key `idle` (first at line 2)"
+    ]
+
+
+def test_merge_key_override_is_not_a_duplicate() -> None:
+    """A key that overrides one merged in with `<<:` is legitimate YAML, not a repeated key."""
+    config = _parse(
+        """\
+        deployments:
+          - {name: a, provider: simulated, model: m, timeouts: &t {idle: 1s, connect: 2s}}
+          - name: b
+            provider: simulated
+            model: m
+            timeouts:
+              <<: *t
+              idle: 3s
+        """
+    )
+    assert (config.deployments[1].timeouts.idle, config.deployments[1].timeouts.connect) == (
+        3.0,
+        2.0,
+    )
+
+
+def test_duplicate_key_in_a_fault_file_is_refused(tmp_path: Path) -> None:
+    """Fault files share the loader, so a repeated key is refused there too."""
+    path = tmp_path / "faults.yaml"
+    path.write_text("latency: 10ms\nseed: 1\nlatency: 20ms\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings_file(str(path))
+    assert str(info.value) == f"{path}:3: latency: duplicate key `latency` (first at line 1)"
 
 
 def test_wrong_provider_kind_names_the_kind_and_the_accepted_ones() -> None:
@@ -608,6 +762,7 @@ deployments:
     model: m
     api_key: {SECRET}
     headers: {{x-api-token: {SECRET}}}
+    query_params: {{key: {SECRET}}}
   - name: b
     provider: litellm
     model: anthropic/claude
@@ -623,6 +778,71 @@ def test_repr_and_str_of_a_config_never_show_a_secret() -> None:
     for text in shown:
         assert SECRET not in text
     assert "**********" in repr(config)
+
+
+def test_repr_and_str_of_a_config_never_show_a_query_param_value() -> None:
+    """Query parameters may carry a key (`?key=`), so their values are masked like headers."""
+    config = _parse(
+        f"""
+        deployments:
+          - name: a
+            provider: openai
+            base_url: http://h:1/v1
+            model: m
+            query_params: {{key: {SECRET}}}
+        """
+    )
+    d = config.deployments[0]
+    assert isinstance(d, OpenAIDeployment)
+    assert d.query_params["key"].get_secret_value() == SECRET
+    for text in (repr(config), str(config), repr(d), str(d), repr(d.query_params)):
+        assert SECRET not in text
+    assert "**********" in repr(d)
+
+
+def test_empty_secrets_are_refused_where_they_are_written() -> None:
+    """Client keys, upstream keys and secret headers must not be empty or whitespace."""
+    issues = _rejected(
+        """\
+        server:
+          api_keys: [good-key, ""]
+        deployments:
+          - name: a
+            provider: openai
+            base_url: http://h:1/v1
+            model: m
+            api_key: ""
+            headers: {x-token: ""}
+          - name: b
+            provider: litellm
+            model: anthropic/claude
+            api_key: "   "
+        """
+    )
+    assert issues == [
+        "gw.yaml:2: server.api_keys[1]: must not be empty",
+        "gw.yaml:8: deployments[0].api_key: must not be empty",
+        "gw.yaml:9: deployments[0].headers.x-token: must not be empty",
+        "gw.yaml:13: deployments[1].api_key: must not be only whitespace",
+    ]
+
+
+def test_client_key_defaulting_to_empty_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`${VAR:-}` interpolates to "", which the schema still refuses for a client key."""
+    monkeypatch.delenv("GW_TEST_UNSET", raising=False)
+    issues = _rejected(f'server:\n  api_keys: ["${{GW_TEST_UNSET:-}}"]\n{MINIMAL}')
+    assert issues == ["gw.yaml:2: server.api_keys[0]: must not be empty"]
+
+
+def test_empty_query_param_value_is_allowed() -> None:
+    """Unlike a key, a query parameter may legitimately be empty (`?flag=`)."""
+    config = _parse(
+        "deployments:\n  - {name: a, provider: openai, model: m, base_url: http://h:1/v1, "
+        'query_params: {flag: ""}}\n'
+    )
+    d = config.deployments[0]
+    assert isinstance(d, OpenAIDeployment)
+    assert d.query_params["flag"].get_secret_value() == ""
 
 
 def test_config_error_never_shows_a_secret() -> None:

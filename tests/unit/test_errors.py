@@ -10,6 +10,7 @@ from gateway.errors import (
     GatewayError,
     NoDeploymentAvailable,
     ProviderError,
+    ProviderMisconfigured,
     ProviderRejected,
     ProviderServerError,
     ProviderTimeout,
@@ -24,9 +25,10 @@ from gateway.errors import (
     ("status", "code", "cls", "action"),
     [
         (400, None, ProviderRejected, Action.DONT_RETRY),
-        (401, None, ProviderRejected, Action.DONT_RETRY),
-        (403, None, ProviderRejected, Action.DONT_RETRY),
-        (404, None, ProviderRejected, Action.DONT_RETRY),
+        (401, None, ProviderMisconfigured, Action.FAIL_OVER),
+        (403, None, ProviderMisconfigured, Action.FAIL_OVER),
+        (404, None, ProviderMisconfigured, Action.FAIL_OVER),
+        (413, None, ProviderRejected, Action.DONT_RETRY),
         (422, None, ProviderRejected, Action.DONT_RETRY),
         (400, "context_length_exceeded", ContextLengthExceeded, Action.FAIL_OVER_LARGER_CONTEXT),
         (408, None, ProviderServerError, Action.RETRY_SAME),
@@ -57,10 +59,18 @@ def test_context_length_is_recognised_from_the_message_too() -> None:
 
 
 def test_rejected_error_keeps_the_provider_status_for_the_caller() -> None:
-    """A provider's 403 reaches the caller as a 403 with the provider's message."""
-    err = error_for_status(403, "key not allowed for this model")
-    assert err.status == 403
-    assert err.to_openai()["message"] == "key not allowed for this model"
+    """A provider's 422 reaches the caller as a 422 with the provider's message."""
+    err = error_for_status(422, "`tools[0]` is not a valid function")
+    assert err.status == 422
+    assert err.to_openai()["message"] == "`tools[0]` is not a valid function"
+
+
+def test_deployment_auth_failure_is_not_blamed_on_the_caller() -> None:
+    """The deployment's own key refused (401) is a 502 to the caller, never their auth error."""
+    err = error_for_status(401, "Incorrect API key provided")
+    assert (err.status, err.upstream_status, err.action) == (502, 401, Action.FAIL_OVER)
+    assert "Incorrect API key provided" in err.message
+    assert "check this deployment's key" in err.message
 
 
 def test_rate_limited_sends_retry_after_header() -> None:

@@ -27,6 +27,7 @@ from gateway.errors import (
     ContextLengthExceeded,
     ProviderConnectionError,
     ProviderError,
+    ProviderMisconfigured,
     ProviderRejected,
     ProviderServerError,
     ProviderTimeout,
@@ -317,16 +318,21 @@ CASES: list[tuple[str, Callable[[Any], BaseException], type[ProviderError], int 
     (
         "auth",
         lambda m: m.AuthenticationError("invalid x-api-key", "anthropic", "m"),
-        ProviderRejected,
+        ProviderMisconfigured,
         401,
     ),
     (
         "permission",
         lambda m: m.PermissionDeniedError("no", "anthropic", "m", response=_response(403)),
-        ProviderRejected,
+        ProviderMisconfigured,
         403,
     ),
-    ("not-found", lambda m: m.NotFoundError("no model", "m", "anthropic"), ProviderRejected, 404),
+    (
+        "not-found",
+        lambda m: m.NotFoundError("no model", "m", "anthropic"),
+        ProviderMisconfigured,
+        404,
+    ),
     (
         "unavailable",
         lambda m: m.ServiceUnavailableError("down", "anthropic", "m"),

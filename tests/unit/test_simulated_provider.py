@@ -15,6 +15,7 @@ from gateway.errors import (
     ContextLengthExceeded,
     ProviderConnectionError,
     ProviderError,
+    ProviderMisconfigured,
     ProviderRejected,
     ProviderServerError,
     ProviderTimeout,
@@ -304,7 +305,7 @@ def test_stream_cut_breaks_after_n_content_chunks() -> None:
     provider = _provider(content="a b c d", faults=[{"kind": "stream_cut", "after_chunks": 2}])
     error, events = _stream_error(provider, _call(stream=True))
     assert type(error) is StreamBroken
-    assert "ended without finishing after 3 chunks" in error.message
+    assert "came after 3 chunks with choice 0 unfinished" in error.message
     contents = [orjson.loads(e[6:])["choices"][0]["delta"]["content"] for e in events]
     assert contents == ["", "a ", "b "]
 
@@ -365,9 +366,9 @@ def test_bad_body_is_rejected_like_an_upstream_400() -> None:
 
 
 def test_unknown_endpoint_is_rejected_with_404() -> None:
-    """Only the three OpenAI endpoints exist."""
+    """Only the three OpenAI endpoints exist; another is the deployment's gap (fail over)."""
     error, _ = _send_error(_provider(), _call("images/generations", {"model": "m"}))
-    assert isinstance(error, ProviderRejected)
+    assert isinstance(error, ProviderMisconfigured)
     assert error.upstream_status == 404
 
 

@@ -81,7 +81,7 @@ def test_missing_done_after_finish_is_completed_with_done() -> None:
 def test_stream_ending_without_finish_is_broken() -> None:
     """A source that ends before any finish_reason is a broken stream, not a success."""
     s = _stream(_chunk("a"), _chunk("b"))
-    with pytest.raises(StreamBroken, match="without finishing after 2 chunks"):
+    with pytest.raises(StreamBroken, match="after 2 chunks with choice 0 unfinished"):
         _collect(s)
     assert not s.state.done
 
@@ -111,7 +111,7 @@ def test_no_first_event_is_a_timeout() -> None:
 
 
 def test_comments_and_multiline_data_are_handled() -> None:
-    """Comment lines are skipped and multi-line data fields are joined."""
+    """Comment lines are skipped; a multi-line payload is parsed whole and relayed line by line."""
     s = _stream(
         b": keep-alive\n\n",
         b'data: {"choices":\ndata: []}\n\n',
@@ -119,8 +119,59 @@ def test_comments_and_multiline_data_are_handled() -> None:
         b"data: [DONE]\n\n",
     )
     events = _collect(s)
-    assert events[0] == b'data: {"choices":\n[]}\n\n'
+    assert events[0] == b'data: {"choices":\ndata: []}\n\n'
     assert events[-1] == DONE_EVENT
+
+
+def test_done_before_any_chunk_is_broken() -> None:
+    """A stream that says [DONE] before any content is not an (empty) answer: it fails over."""
+    with pytest.raises(StreamBroken, match=r"\[DONE\] came after 0 chunks"):
+        _collect(_stream(b"data: [DONE]\n\n"))
+
+
+def test_done_with_a_choice_unfinished_is_broken() -> None:
+    """With n > 1, every choice must finish; [DONE] while one is open is a truncated answer."""
+
+    def choice(index: int, content: str | None, finish: str | None) -> bytes:
+        delta = {"content": content} if content else {}
+        event = {"choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+        return b"data: " + orjson.dumps(event) + b"\n\n"
+
+    s = _stream(
+        choice(0, "a", None),
+        choice(1, "b", None),
+        choice(0, None, "stop"),
+        choice(1, "more", None),
+        b"data: [DONE]\n\n",
+    )
+    with pytest.raises(StreamBroken, match="choice 1 unfinished"):
+        _collect(s)
+    complete = _stream(
+        choice(0, "a", None),
+        choice(1, "b", None),
+        choice(0, None, "stop"),
+        choice(1, None, "length"),
+    )
+    assert _collect(complete)[-1] == DONE_EVENT
+
+
+def test_done_without_any_finish_reason_is_broken() -> None:
+    """Chunks that never carried a finish_reason do not make a complete answer."""
+    usage_only = b'data: {"choices": [], "usage": {"prompt_tokens": 1}}\n\n'
+    with pytest.raises(StreamBroken, match="without a finish_reason"):
+        _collect(_stream(usage_only, b"data: [DONE]\n\n"))
+
+
+def test_line_longer_than_the_reader_allows_is_broken() -> None:
+    """A reader that refuses an over-long line breaks the stream instead of escaping as a crash."""
+    from aiohttp.http_exceptions import LineTooLong
+
+    async def readline() -> bytes:
+        raise LineTooLong(b"x" * 10, "1024")
+
+    s = SSEStream(readline, deployment="d", first_timeout=1, idle_timeout=1)
+    with pytest.raises(StreamBroken, match="LineTooLong"):
+        _collect(s)
 
 
 def test_close_callback_runs_once() -> None:

@@ -67,6 +67,7 @@ class SimulatedProvider:
         self.deployment = deployment
         self._name = deployment.name
         self._first_token = deployment.timeouts.first_token
+        self._response = deployment.timeouts.response
         self._idle = deployment.timeouts.idle
         self.simulator = Simulator(
             deployment.simulated, name=deployment.name, model=deployment.model, clock=clock
@@ -82,7 +83,7 @@ class SimulatedProvider:
             raise error_for_status(400, problem.message, deployment=self._name, param=problem.param)
         stream = call.stream and endpoint != "embeddings"
         fault = sim.choose_fault(stream=stream)
-        limit = min(call.timeout, self._first_token) if stream else call.timeout
+        limit = min(call.timeout, self._first_token if stream else self._response)
         kind = fault.kind if fault is not None else None
         if kind == "reset":
             raise ProviderConnectionError(
