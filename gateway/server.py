@@ -298,7 +298,7 @@ class Gateway:
             if error.history:
                 fields["deployment"] = error.history[-1].deployment
                 fields["failed_attempts"] = [f"{e.deployment}:{e.label}" for e in error.history]
-        if error is not None:
+        if error is not None or "stream_outcome" in fields:
             self._log.warning("request", **fields)
         else:
             self._log.info("request", **fields)
