@@ -82,8 +82,14 @@ EOF
 
 async def _run(config: GatewayConfig, host: str, port: int, started: float) -> None:
     app = await build_app(config)
+    # handler_cancellation: a caller that hangs up cancels its request, which frees the
+    # deployment's concurrency slot and abandons the upstream call.
     runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=config.server.drain_timeout
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=config.server.drain_timeout,
+        handler_cancellation=True,
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

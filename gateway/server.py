@@ -157,6 +157,7 @@ class Gateway:
         model = None
         attempt: Attempt | None = None
         error: GatewayError | None = None
+        gone = False  # the caller disconnected (aiohttp cancels the handler)
         try:
             # 1. Accept
             if self._keys:
@@ -208,13 +209,16 @@ class Gateway:
         except GatewayError as exc:
             error = exc
             return _error_response(exc, request_id, attempt=exc.attempts)
+        except asyncio.CancelledError:
+            gone = True
+            raise
         except Exception:
             self._log.exception("unexpected error", request_id=request_id, endpoint=endpoint)
             error = _internal(request_id)
             return _error_response(error, request_id)
         finally:
             # 6. Record
-            self._record(endpoint, request_id, model, attempt, error, started)
+            self._record(endpoint, request_id, model, attempt, error, started, gone=gone)
 
     async def _relay(
         self, request: web.Request, attempt: Attempt, headers: dict[str, str]
@@ -234,15 +238,18 @@ class Gateway:
                 attempt.outcome = exc.label
                 await resp.write(_sse_error(exc))
             except ConnectionError:
-                raise  # the caller went away while we wrote
+                raise  # the caller went away while we wrote: handled below
             except Exception:
                 self._log.exception(
                     "unexpected error mid-stream", request_id=headers["x-request-id"]
                 )
                 attempt.outcome = "internal"
                 await resp.write(_sse_error(_internal(headers["x-request-id"])))
-        except (ConnectionError, asyncio.CancelledError):
-            attempt.outcome = "caller_disconnected"
+        except ConnectionError:
+            attempt.outcome = _CALLER_GONE  # nothing left to tell the caller
+            return resp
+        except asyncio.CancelledError:
+            attempt.outcome = _CALLER_GONE
             raise
         finally:
             await stream.aclose()
@@ -272,12 +279,17 @@ class Gateway:
         attempt: Attempt | None,
         error: GatewayError | None,
         started: float,
+        *,
+        gone: bool = False,
     ) -> None:
+        """The one log event of a request. A caller that left is logged as 499, not an error."""
+        if attempt is not None and attempt.outcome == _CALLER_GONE:
+            gone = True
         fields: dict[str, Any] = {
             "request_id": request_id,
             "endpoint": endpoint,
             "model": model,
-            "status": error.status if error is not None else 200,
+            "status": 499 if gone else error.status if error is not None else 200,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         }
         if attempt is not None:
@@ -291,17 +303,23 @@ class Gateway:
             if attempt.errors:
                 fields["failed_attempts"] = [f"{e.deployment}:{e.label}" for e in attempt.errors]
             if attempt.outcome is not None:
-                fields["stream_outcome"] = attempt.outcome
+                fields["outcome"] = attempt.outcome
         elif error is not None:
             fields["attempts"] = error.attempts
             fields["error"] = error.label
             if error.history:
                 fields["deployment"] = error.history[-1].deployment
                 fields["failed_attempts"] = [f"{e.deployment}:{e.label}" for e in error.history]
-        if error is not None or "stream_outcome" in fields:
+        if gone:
+            fields["outcome"] = _CALLER_GONE
+            self._log.info("request", **fields)
+        elif error is not None or "outcome" in fields:
             self._log.warning("request", **fields)
         else:
             self._log.info("request", **fields)
+
+
+_CALLER_GONE = "caller_disconnected"
 
 
 def _internal(request_id: str) -> GatewayError:
