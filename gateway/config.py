@@ -11,7 +11,7 @@ not be empty (an empty client key would let a request without credentials in).
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -123,13 +123,44 @@ class OpenAIDeployment(_DeploymentBase):
 
 
 class LiteLLMDeployment(_DeploymentBase):
-    """A provider with its own wire format, reached through ``litellm.acompletion``."""
+    """A provider with its own wire format, reached through ``litellm.acompletion``.
+
+    ``params`` are extra keyword arguments for litellm (``vertex_project``, ``extra_headers``
+    ...); the arguments the gateway sets itself (:attr:`RESERVED_PARAMS`) are refused.
+    """
+
+    # litellm arguments the gateway sets itself (-> how); in ``params`` they would break requests.
+    RESERVED_PARAMS: ClassVar[dict[str, str]] = {
+        "model": "from the deployment's `model`",
+        "messages": "per request",
+        "input": "per request",
+        "stream": "per request",
+        "stream_options": "per request",
+        "timeout": "per request, from `timeouts`",
+        "api_key": "from the deployment's `api_key`",
+        "api_base": "from the deployment's `base_url`",
+        "base_url": "from the deployment's `base_url`",
+        "num_retries": "to 0 (the gateway retries, never litellm)",
+        "max_retries": "to 0 (the gateway retries, never litellm)",
+    }
 
     provider: Literal["litellm"]
     tags: tuple[str, ...] = ("chat", "stream")  # /v1/completions is not served through litellm
     base_url: str | None = Field(default=None, pattern=r"^https?://")
     api_key: Secret | None = None
     params: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold credentials
+
+    @field_validator("params")
+    @classmethod
+    def _no_reserved_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        reasons = [
+            f"`{key}` is set by the gateway {cls.RESERVED_PARAMS[key]}; remove it from params"
+            for key in value
+            if key in cls.RESERVED_PARAMS
+        ]
+        if reasons:
+            raise ValueError("; ".join(reasons))
+        return value
 
 
 class SimulatedDeployment(_DeploymentBase):

@@ -5,14 +5,16 @@ costs seconds and ~200 MB, and a call costs milliseconds of CPU where the OpenAI
 fraction of one. Before the import, litellm is told to use its bundled tables (model prices,
 Anthropic beta headers) instead of downloading them, and not to read a ``.env`` file; after
 it, telemetry, debug output and message logging are switched off. litellm never retries: the
-gateway does.
+gateway does (``num_retries=0`` and ``max_retries=0`` on every call, and ``DEFAULT_MAX_RETRIES``
+set to 0, because litellm's OpenAI embeddings path reads ``max_retries or DEFAULT_MAX_RETRIES``).
 
 1. ``chat/completions`` -> ``litellm.acompletion``. Arguments, later ones winning:
    ``drop_params=True`` (a field the upstream lacks, such as ``seed`` for Anthropic, is dropped
    rather than failing the call), the deployment's ``params``, the OpenAI fields present in the
    body (:data:`CHAT_FIELDS`; other keys are ignored), then what nothing may override: the
    deployment's model, ``api_base``, ``api_key``, ``num_retries=0``, ``max_retries=0`` and the
-   attempt's ``timeout`` (also enforced around the whole call).
+   attempt's ``timeout`` (also enforced around the whole call). The config refuses ``params``
+   that name what the gateway sets per request (``stream``, ``timeout``, ``messages`` ...).
 2. ``embeddings`` -> ``litellm.aembedding`` the same way (:data:`EMBEDDING_FIELDS`, ``input``).
 3. ``completions`` (legacy) -> :class:`ProviderRejected` 400: this provider serves chat and
    embeddings only (translating prompts to chat would change what the caller asked for).
@@ -26,8 +28,26 @@ gateway does.
    response under it.
 6. Every litellm exception is translated once, at this boundary
    (:func:`gateway.providers.litellm_errors.translate_error`): before the first
-   chunk into its most specific class, after it into :class:`StreamBroken`. The API key never
-   appears in a message.
+   chunk into its most specific class, after it into :class:`StreamBroken`. Any other
+   exception (an answer that cannot be rendered, a litellm bug) becomes
+   :class:`BadUpstreamResponse` (or :class:`StreamBroken` mid-stream), and a stream litellm
+   opened is closed first: nothing foreign leaves :meth:`LiteLLMProvider.send`. Neither the API
+   key nor any string of 8+ characters in ``params`` (a header token, a project key) appears
+   in a message.
+
+Timeouts: a non-streaming call (chat or embeddings) is limited to
+``min(call.timeout, timeouts.response)``; opening a stream and its first chunk share one budget
+of ``min(call.timeout, timeouts.first_token)`` (what opening took is taken off the first-chunk
+limit); later chunks get ``timeouts.idle`` each.
+
+``timeouts.connect`` is **not** enforced for litellm deployments. litellm is given one number,
+the limit above: it passes an :class:`httpx.Timeout` through only for its ``openai``, ``azure``
+and ``bedrock`` providers and collapses one to a single number (its ``read`` value) for every
+other chat provider, Anthropic included, whose handler then applies that number to connect,
+read, write and pool alike (checked against a black-holed port with litellm 1.100). So a
+connection that cannot be made costs ``timeouts.response`` (non-streaming) or
+``timeouts.first_token`` (streams), or what is left of the request's deadline if that is less,
+before the gateway fails over.
 """
 
 from __future__ import annotations
@@ -45,13 +65,9 @@ from typing import Any
 import orjson
 
 from gateway.config import LiteLLMDeployment
-from gateway.errors import (
-    ProviderError,
-    ProviderRejected,
-    ProviderTimeout,
-)
+from gateway.errors import ProviderError, ProviderRejected, ProviderTimeout
 from gateway.providers.base import ProviderCall, ProviderResponse, StreamState, Usage
-from gateway.providers.litellm_errors import translate_error
+from gateway.providers.litellm_errors import secrets_of, translate_error, unexpected_error
 from gateway.providers.sse import SSEStream
 
 # OpenAI request fields passed on to litellm (it maps them to the upstream's own names).
@@ -104,6 +120,7 @@ def load_litellm() -> ModuleType:
         module.suppress_debug_info = True
         module.turn_off_message_logging = True
         module.set_verbose = False
+        module.DEFAULT_MAX_RETRIES = 0  # read as `max_retries or DEFAULT_MAX_RETRIES` in places
         for name in _LITELLM_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
         _litellm = module
@@ -118,12 +135,13 @@ class LiteLLMProvider:
         self.deployment = deployment
         self._name = deployment.name
         self._litellm = load_litellm()
-        self._secret = deployment.api_key.get_secret_value() if deployment.api_key else ""
+        api_key = deployment.api_key.get_secret_value() if deployment.api_key else ""
+        self._secrets = secrets_of(api_key, deployment.params)
         fixed: dict[str, Any] = {"model": deployment.model, "num_retries": 0, "max_retries": 0}
         if deployment.base_url is not None:
             fixed["api_base"] = deployment.base_url
-        if self._secret:
-            fixed["api_key"] = self._secret
+        if api_key:
+            fixed["api_key"] = api_key
         self._defaults: dict[str, Any] = {"drop_params": True, **deployment.params}
         self._fixed = fixed
         self._timeouts = deployment.timeouts
@@ -134,10 +152,15 @@ class LiteLLMProvider:
         return f"LiteLLMProvider(deployment={self._name!r}, model={self.deployment.model!r})"
 
     async def send(self, call: ProviderCall) -> ProviderResponse | SSEStream:
-        if call.endpoint == "chat/completions":
-            return await self._chat(call)
-        if call.endpoint == "embeddings":
-            return await self._embeddings(call)
+        try:
+            if call.endpoint == "chat/completions":
+                return await self._chat(call)
+            if call.endpoint == "embeddings":
+                return await self._embeddings(call)
+        except ProviderError:
+            raise
+        except Exception as exc:  # a bug on this side of litellm: still never a raw exception
+            raise self.unexpected(exc, prefix="litellm provider failed with") from None
         raise ProviderRejected(
             f"deployment `{self._name}` (litellm) serves chat/completions and embeddings, "
             f"not {call.endpoint}",
@@ -167,20 +190,24 @@ class LiteLLMProvider:
         if not call.stream:
             limit = min(call.timeout, self._timeouts.response)
             kwargs["timeout"] = limit
-            return _response(await self._call(self._litellm.acompletion, kwargs, limit))
+            return await self._render(await self._call(self._litellm.acompletion, kwargs, limit))
         # Opening the stream comes before its first token: both limits apply.
         started = time.monotonic()
         limit = min(call.timeout, self._timeouts.first_token)
         result = await self._call(self._litellm.acompletion, kwargs, limit)
         left = max(0.0, limit - (time.monotonic() - started))
-        source = _ChunkLines(result, self, wants_usage)
-        stream = SSEStream(
-            source.readline,
-            deployment=self._name,
-            first_timeout=left,
-            idle_timeout=self._timeouts.idle,
-            on_close=source.aclose,
-        )
+        try:
+            source = _ChunkLines(result, self, wants_usage)
+            stream = SSEStream(
+                source.readline,
+                deployment=self._name,
+                first_timeout=left,
+                idle_timeout=self._timeouts.idle,
+                on_close=source.aclose,
+            )
+        except Exception as exc:  # not a stream after all: release what litellm opened
+            await _close_stream(result)
+            raise self.unexpected(exc) from None
         source.state = stream.state
         return stream
 
@@ -189,8 +216,14 @@ class LiteLLMProvider:
         kwargs["input"] = call.body.get("input")
         limit = min(call.timeout, self._timeouts.response)
         kwargs["timeout"] = limit
-        result = await self._call(self._litellm.aembedding, kwargs, limit)
-        return _response(result)
+        return await self._render(await self._call(self._litellm.aembedding, kwargs, limit))
+
+    async def _render(self, result: Any) -> ProviderResponse:
+        try:
+            return _response(result)
+        except Exception as exc:  # e.g. a stream where an answer was expected: release it
+            await _close_stream(result)
+            raise self.unexpected(exc) from None
 
     async def _call(self, function: Any, kwargs: dict[str, Any], limit: float) -> Any:
         try:
@@ -204,7 +237,23 @@ class LiteLLMProvider:
     def translate(self, exc: BaseException, *, after_chunks: int = 0) -> ProviderError:
         """This deployment's view of a litellm exception (see :func:`translate_error`)."""
         return translate_error(
-            exc, deployment=self._name, secret=self._secret, after_chunks=after_chunks
+            exc, deployment=self._name, secrets=self._secrets, after_chunks=after_chunks
+        )
+
+    def unexpected(
+        self,
+        exc: BaseException,
+        *,
+        after_chunks: int = 0,
+        prefix: str = "cannot render litellm's answer:",
+    ) -> ProviderError:
+        """An answer from litellm that cannot be rendered (see :func:`unexpected_error`)."""
+        return unexpected_error(
+            exc,
+            deployment=self._name,
+            secrets=self._secrets,
+            after_chunks=after_chunks,
+            prefix=prefix,
         )
 
     async def close(self) -> None:
@@ -250,7 +299,10 @@ class _ChunkLines:
                 return b""
             except Exception as exc:
                 raise self._provider.translate(exc, after_chunks=self.state.chunks) from None
-            data = _dump(chunk)
+            try:
+                data = _dump(chunk)
+            except Exception as exc:
+                raise self._provider.unexpected(exc, after_chunks=self.state.chunks) from None
             if not self._wants_usage and data.get("usage"):
                 self.state.usage = Usage.from_openai(data.pop("usage"))
                 if not _carries_content(data):
@@ -259,14 +311,29 @@ class _ChunkLines:
             return b"data: " + orjson.dumps(data, default=str) + b"\n"
 
     async def aclose(self) -> None:
-        """Release the upstream response (litellm's own ``aclose`` may leave it to the GC)."""
-        inner = getattr(self._stream, "completion_stream", None)
-        for target in (getattr(inner, "streaming_response", None), self._stream):
-            close = getattr(target, "aclose", None)
-            if close is None:
-                continue
-            with contextlib.suppress(Exception):  # cleanup of a stream that may have failed
-                await close()
+        await _close_stream(self._stream)
+
+
+async def _close_stream(stream: Any) -> None:
+    """Release a litellm stream and the upstream response under it; anything without
+    ``aclose`` is left alone.
+
+    litellm's own ``aclose`` closes its line generator (``response.aiter_lines()``), which
+    releases the HTTP response only if iteration had started: a stream closed before its first
+    chunk would keep its connection until the GC. So the httpx response is also closed
+    directly, found as the ``self`` of that generator's frame.
+    """
+    lines = getattr(getattr(stream, "completion_stream", None), "streaming_response", None)
+    frame = getattr(lines, "ag_frame", None)  # None once the generator has finished
+    response = frame.f_locals.get("self") if frame is not None else None
+    if not hasattr(response, "is_closed"):  # not an httpx response: leave it alone
+        response = None
+    for target in (lines, stream, response):
+        close = getattr(target, "aclose", None)
+        if close is None:
+            continue
+        with contextlib.suppress(Exception):  # cleanup of a stream that may have failed
+            await close()
 
 
 def _dump(obj: Any) -> dict[str, Any]:

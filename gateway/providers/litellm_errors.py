@@ -2,14 +2,16 @@
 
 litellm wraps provider errors in its own classes and sometimes hides the upstream's real status
 (Anthropic's 529 "overloaded" arrives as a 500) or its ``Retry-After``; both are recovered from the
-exception chain. The API key never appears in a message.
+exception chain. The deployment's secrets (its API key and the long strings of its ``params``, see
+:func:`secrets_of`) never appear in a message: an upstream may echo a key or a header it refused.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from typing import Any
 
 from gateway.errors import (
     BadUpstreamResponse,
@@ -23,6 +25,10 @@ from gateway.errors import (
 )
 
 _MESSAGE_LIMIT = 1000
+# Strings in a deployment's ``params`` at least this long are redacted like its key; shorter ones
+# ("auto", "high", "2023-06") are flags and versions, and redacting them would garble messages.
+SECRET_MIN_LENGTH = 8
+REDACTED = "[redacted]"
 _CHAIN_LIMIT = 12
 _PREFIX = re.compile(r"^(?:\s*litellm\.\w+:\s*)+")
 _PROVIDER_PREFIX = re.compile(r"^\w*(?:Exception|Error) - ")
@@ -36,8 +42,29 @@ _CONNECTION_LOST_TYPES = frozenset(
 )
 
 
+def secrets_of(api_key: str, params: Any) -> tuple[str, ...]:
+    """What to redact for a deployment: its API key and every string leaf of ``params`` (found
+    through nested mappings and lists) of at least :data:`SECRET_MIN_LENGTH` characters."""
+    found: set[str] = {api_key} if api_key else set()
+    todo: list[Any] = [params]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, str):
+            if len(value) >= SECRET_MIN_LENGTH:
+                found.add(value)
+        elif isinstance(value, dict):
+            todo.extend(value.values())
+        elif isinstance(value, list | tuple | set | frozenset):
+            todo.extend(value)
+    return tuple(sorted(found))
+
+
 def translate_error(
-    exc: BaseException, *, deployment: str, secret: str = "", after_chunks: int = 0
+    exc: BaseException,
+    *,
+    deployment: str,
+    secrets: Collection[str] = (),
+    after_chunks: int = 0,
 ) -> ProviderError:
     """Map a litellm (or httpx / aiohttp / asyncio) exception to the gateway's error tree.
 
@@ -50,12 +77,12 @@ def translate_error(
        ``ContextWindowExceededError`` becomes :class:`ContextLengthExceeded`.
     4. Anything else -> :class:`BadUpstreamResponse` naming the exception type.
 
-    ``secret`` is redacted from every message.
+    Every string in ``secrets`` (see :func:`secrets_of`) is redacted from the message.
     """
     if isinstance(exc, ProviderError):
         return exc
     chain = list(_chain(exc))
-    message = _redact(_provider_message(exc), secret)
+    message = _provider_message(exc, secrets)
     if after_chunks:
         return StreamBroken(
             f"stream failed after {after_chunks} chunks: {message}", deployment=deployment
@@ -71,9 +98,7 @@ def translate_error(
         return ProviderConnectionError(f"connection lost: {message}", deployment=deployment)
     status = _upstream_status(chain)
     if status is None:
-        return BadUpstreamResponse(
-            f"litellm raised {type(exc).__name__}: {message}", deployment=deployment
-        )
+        return unexpected_error(exc, deployment=deployment, secrets=secrets)
     code = None
     if "ContextWindowExceededError" in names:
         code = "context_length_exceeded"
@@ -86,6 +111,25 @@ def translate_error(
         retry_after=_retry_after(chain),
         code=code,
     )
+
+
+def unexpected_error(
+    exc: BaseException,
+    *,
+    deployment: str,
+    secrets: Collection[str] = (),
+    after_chunks: int = 0,
+    prefix: str = "litellm raised",
+) -> ProviderError:
+    """An exception nobody expected (a litellm bug, an answer that cannot be rendered):
+    :class:`BadUpstreamResponse` naming its type, or :class:`StreamBroken` after relayed chunks.
+    The message is redacted like every other; no traceback."""
+    what = f"{prefix} {type(exc).__name__}: {_provider_message(exc, secrets)}"
+    if after_chunks:
+        return StreamBroken(
+            f"stream failed after {after_chunks} chunks: {what}", deployment=deployment
+        )
+    return BadUpstreamResponse(what, deployment=deployment)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -132,8 +176,9 @@ def _retry_after(chain: list[BaseException]) -> float | None:
     return None
 
 
-def _provider_message(exc: BaseException) -> str:
-    """The upstream's own error message when litellm quoted its JSON body, else litellm's text."""
+def _provider_message(exc: BaseException, secrets: Collection[str]) -> str:
+    """The upstream's own error message when litellm quoted its JSON body, else litellm's text;
+    redacted before it is cut to length (so no part of a secret survives at the cut)."""
     text = str(getattr(exc, "message", None) or exc) or type(exc).__name__
     text = _PROVIDER_PREFIX.sub("", _PREFIX.sub("", text), count=1)
     suffix = _LITELLM_SUFFIX.search(text)
@@ -150,8 +195,11 @@ def _provider_message(exc: BaseException) -> str:
             found = error.get("message") if isinstance(error, dict) else error
             if isinstance(found, str) and found:
                 text = found
-    return text.strip()[:_MESSAGE_LIMIT] or type(exc).__name__
+    return _redact(text, secrets).strip()[:_MESSAGE_LIMIT] or type(exc).__name__
 
 
-def _redact(text: str, secret: str) -> str:
-    return text.replace(secret, "[redacted]") if secret else text
+def _redact(text: str, secrets: Collection[str]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):  # a secret inside another goes too
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text

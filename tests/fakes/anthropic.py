@@ -14,6 +14,8 @@ It speaks the real wire format of ``POST /v1/messages``:
 
 It checks ``x-api-key`` (401 ``authentication_error`` when wrong) and ``anthropic-version``
 (400 when missing), and records every request it received in :attr:`AnthropicFake.requests`.
+With ``echo_header`` set, every error message quotes that request header, as some proxies and
+providers quote the credentials they refused.
 
 Usage::
 
@@ -103,6 +105,7 @@ class AnthropicFake:
     stream_stall_after: int | None = None  # go silent (for a minute) after N deltas
     chunk_delay: float = 0.0  # seconds before each delta
     delay: float = 0.0  # seconds before answering at all
+    echo_header: str | None = None  # quote this request header in every error message
     requests: list[RecordedRequest] = field(default_factory=list)
     disconnects: int = 0  # streams the client hung up on before they were complete
     _errors: list[FakeError] = field(default_factory=list)
@@ -171,7 +174,12 @@ class AnthropicFake:
         if not request.headers.get("anthropic-version"):
             return _error(invalid_request("anthropic-version: header is required"))
         if self._errors:
-            return _error(self._errors.pop(0))
+            error = self._errors.pop(0)
+            if self.echo_header is not None:
+                value = request.headers.get(self.echo_header)
+                message = f"{error.message} ({self.echo_header}: {value})"
+                error = FakeError(error.status, error.type, message, error.retry_after)
+            return _error(error)
         if self.delay:
             await asyncio.sleep(self.delay)
         model = body.get("model", "claude-unknown")

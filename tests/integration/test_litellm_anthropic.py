@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from fakes.anthropic import (
 
 from gateway.config import LiteLLMDeployment, Timeouts
 from gateway.errors import (
+    BadUpstreamResponse,
     ContextLengthExceeded,
     ProviderError,
     ProviderMisconfigured,
@@ -65,10 +67,15 @@ def _call(stream: bool = False, timeout: float = 10.0, **body: Any) -> ProviderC
 
 @asynccontextmanager
 async def _setup(
-    key: str = KEY, timeouts: Timeouts | None = None, **fake_settings: Any
+    key: str = KEY,
+    timeouts: Timeouts | None = None,
+    params: dict[str, Any] | None = None,
+    **fake_settings: Any,
 ) -> AsyncIterator[tuple[AnthropicFake, LiteLLMProvider]]:
     async with AnthropicFake(api_key=KEY, **fake_settings) as fake:
-        extra = {"timeouts": timeouts} if timeouts is not None else {}
+        extra: dict[str, Any] = {"timeouts": timeouts} if timeouts is not None else {}
+        if params is not None:
+            extra["params"] = params
         provider = LiteLLMProvider(_deployment(fake.url, key, **extra))
         try:
             yield fake, provider
@@ -275,6 +282,26 @@ def test_the_key_never_appears_in_any_mapped_error() -> None:
     asyncio.run(run())
 
 
+def test_secrets_in_params_are_redacted_from_upstream_errors() -> None:
+    """A header token from ``params`` that the upstream echoes never reaches the caller."""
+    token = "hdr-SECRET-abc"
+    params = {"extra_headers": {"x-proxy-token": token}, "metadata": {"tags": ["short"]}}
+
+    async def run() -> None:
+        async with _setup(params=params, echo_header="x-proxy-token") as (fake, provider):
+            for stream in (False, True):
+                fake.fail_next(invalid_request("proxy refused the token"))
+                with pytest.raises(ProviderRejected) as caught:
+                    await provider.send(_call(stream=stream))
+                assert fake.requests[-1].headers["x-proxy-token"] == token  # it was sent
+                exc = caught.value
+                assert "proxy refused the token (x-proxy-token: [redacted])" in exc.message
+                for text in (exc.message, str(exc), repr(exc), str(exc.to_openai())):
+                    assert token not in text
+
+    asyncio.run(run())
+
+
 def test_in_band_error_mid_stream_is_stream_broken() -> None:
     """An Anthropic ``error`` event after some deltas ends the stream with StreamBroken."""
 
@@ -345,6 +372,87 @@ def test_slow_answer_is_a_provider_timeout() -> None:
     asyncio.run(run())
 
 
+def test_answer_slower_than_timeouts_response_times_out_before_the_attempt_limit() -> None:
+    """A non-streaming answer is limited by ``timeouts.response`` when that is shorter than
+    what is left of the attempt: ProviderTimeout after ~response, not after call.timeout."""
+
+    async def run() -> None:
+        async with _setup(timeouts=Timeouts(response=0.3), delay=2.0) as (_, provider):
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(ProviderTimeout):
+                await provider.send(_call(timeout=10.0))
+            assert 0.25 <= loop.time() - started < 1.5
+
+    asyncio.run(run())
+
+
+def test_stream_opening_and_first_chunk_share_the_first_token_budget() -> None:
+    """Opening late plus a late first chunk, each under ``timeouts.first_token`` but together
+    over it, is a first-token ProviderTimeout at ~first_token."""
+
+    async def run() -> None:
+        timeouts = Timeouts(first_token=1.0, idle=5.0)
+        async with _setup(timeouts=timeouts, delay=0.6, chunk_delay=0.6) as (_, provider):
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            stream = await provider.send(_call(stream=True))
+            assert loop.time() - started >= 0.55  # opening took the delay
+            with pytest.raises(ProviderTimeout, match="first token"):
+                await _collect(stream)
+            assert loop.time() - started < 1.5  # at ~1.0s; unshared, the stream would succeed
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A base URL whose connections never complete: a listener with a full backlog (the kernel
+    drops further SYNs), closed at the end."""
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        probe = socket.create_connection  # the backlog is full once a connect attempt hangs
+        with pytest.raises(TimeoutError):
+            probe(("127.0.0.1", port), timeout=0.2).close()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_connect_to_a_black_hole_is_bounded_by_response_or_first_token(
+    black_hole: str, stream: bool
+) -> None:
+    """``timeouts.connect`` is not enforced for litellm's Anthropic path (litellm collapses its
+    timeout to one number): a connection that never completes costs ``timeouts.response``
+    (plain) or ``timeouts.first_token`` (stream), as the module docstring says."""
+
+    async def run() -> None:
+        timeouts = Timeouts(connect=0.05, response=0.6, first_token=0.6)
+        provider = LiteLLMProvider(_deployment(black_hole, timeouts=timeouts))
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises((ProviderTimeout, ProviderUnreachable)):
+                await provider.send(_call(stream=stream, timeout=10.0))
+            assert 0.55 <= loop.time() - started < 2.0
+        finally:
+            await provider.close()
+
+    asyncio.run(run())
+
+
 def test_refused_connection_is_provider_unreachable() -> None:
     """Nothing listening at the base URL: ProviderUnreachable (fail over at once)."""
 
@@ -373,6 +481,48 @@ def test_closing_a_stream_early_releases_the_upstream_connection() -> None:
             await stream.__aiter__().__anext__()
             await stream.aclose()
             await stream.aclose()  # idempotent
+            for _ in range(200):
+                if fake.disconnects:
+                    break
+                await asyncio.sleep(0.01)
+            assert fake.disconnects == 1
+
+    asyncio.run(run())
+
+
+def test_a_stream_where_an_answer_was_expected_is_closed_and_bad_upstream_response() -> None:
+    """``params: {stream: true}`` (refused by the config; forced here) makes litellm return a
+    stream to a non-streaming call: BadUpstreamResponse, not a raw AttributeError, and the
+    upstream stream is hung up on."""
+
+    async def run() -> None:
+        chunks = tuple(f"w{i} " for i in range(100))
+        async with AnthropicFake(api_key=KEY, text_chunks=chunks, chunk_delay=0.01) as fake:
+            forced = _deployment(fake.url).model_copy(update={"params": {"stream": True}})
+            provider = LiteLLMProvider(forced)
+            try:
+                with pytest.raises(BadUpstreamResponse, match="cannot render litellm's answer"):
+                    await provider.send(_call())
+                for _ in range(200):
+                    if fake.disconnects:
+                        break
+                    await asyncio.sleep(0.01)
+                assert fake.disconnects == 1
+            finally:
+                await provider.close()
+
+    asyncio.run(run())
+
+
+def test_closing_a_stream_before_its_first_event_releases_the_upstream_connection() -> None:
+    """``aclose()`` before anything was read hangs up on the upstream too (litellm's own close
+    leaves an unstarted response open until the GC)."""
+
+    async def run() -> None:
+        chunks = tuple(f"w{i} " for i in range(100))
+        async with _setup(text_chunks=chunks, chunk_delay=0.01) as (fake, provider):
+            stream = await provider.send(_call(stream=True))
+            await stream.aclose()
             for _ in range(200):
                 if fake.disconnects:
                     break
@@ -439,6 +589,47 @@ def test_embeddings_go_through_litellm_aembedding() -> None:
             assert result.usage is not None and result.usage.prompt_tokens == 3
             assert received[0]["model"] == "text-embedding-3-small"
             assert received[0]["input"] == ["hello"]
+        finally:
+            await provider.close()
+            await runner.cleanup()
+
+    asyncio.run(run())
+
+
+def test_litellm_does_not_retry_a_failed_embeddings_call() -> None:
+    """An upstream 500 on embeddings is one request upstream, not three: litellm's OpenAI
+    embeddings path would otherwise turn ``max_retries=0`` into its default of 2 retries."""
+    hits: list[str] = []
+
+    async def failing(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        body = {"error": {"message": "boom", "type": "server_error", "param": None, "code": None}}
+        return web.json_response(body, status=500)
+
+    async def run() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/embeddings", failing)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+        provider = LiteLLMProvider(
+            LiteLLMDeployment(
+                name="emb",
+                provider="litellm",
+                model="openai/text-embedding-3-small",
+                base_url=url,
+                api_key="sk-emb-test",
+                tags=("embeddings",),
+            )
+        )
+        try:
+            body = {"model": "emb", "input": ["hello"]}
+            call = ProviderCall("embeddings", body, orjson.dumps(body), False, "r", 10.0)
+            with pytest.raises(ProviderError) as caught:
+                await provider.send(call)
+            assert caught.value.upstream_status == 500
+            assert hits == ["/v1/embeddings"]
         finally:
             await provider.close()
             await runner.cleanup()

@@ -281,6 +281,73 @@ def test_fault_schedule_can_be_replaced_and_stats_count_faults() -> None:
     _run(go)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status", "allow", "message"),
+    [
+        ("GET", "/nope", 404, None, "Invalid URL (GET /nope)"),
+        ("POST", "/v1/nope", 404, None, "Invalid URL (POST /v1/nope)"),
+        ("GET", "/v1/chat/completions", 405, "POST", "GET is not allowed on /v1/chat/completions"),
+        ("POST", "/_sim/stats", 405, "GET", "POST is not allowed on /_sim/stats; use GET"),
+        ("DELETE", "/_sim/faults", 405, "GET, POST", "DELETE is not allowed on /_sim/faults"),
+        ("POST", "/v1/models", 405, "GET", "POST is not allowed on /v1/models; use GET"),
+    ],
+    ids=["unknown-root", "unknown-v1", "get-chat", "post-stats", "delete-faults", "post-models"],
+)
+def test_unknown_paths_and_methods_get_openai_shaped_errors(
+    method: str, path: str, status: int, allow: str | None, message: str
+) -> None:
+    """404 and 405 (with Allow) are {"error": {message, type, param, code}} bodies, not
+    aiohttp's text pages."""
+
+    async def go() -> None:
+        async with (
+            SimulatedServer() as server,
+            aiohttp.ClientSession() as session,
+            session.request(method, f"{_root(server)}{path}") as resp,
+        ):
+            assert resp.status == status
+            assert resp.content_type == "application/json"
+            assert resp.headers.get("Allow") == allow
+            error = (await resp.json())["error"]
+        assert message in error["message"]
+        assert error["type"] == "invalid_request_error"
+        assert set(error) == {"message", "type", "param", "code"}
+
+    _run(go)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/_sim/faults"])
+def test_body_over_the_size_limit_gets_an_openai_shaped_413(path: str) -> None:
+    """A body over max_body_size is a 413 with an OpenAI error body naming the limit."""
+
+    async def go() -> None:
+        async with (
+            SimulatedServer(max_body_size=1024) as server,
+            aiohttp.ClientSession() as session,
+        ):
+            body = orjson.dumps({**CHAT, "pad": "x" * 2048})
+            async with session.post(f"{_root(server)}{path}", data=body) as resp:
+                assert resp.status == 413
+                assert resp.content_type == "application/json"
+                error = (await resp.json())["error"]
+            assert error["message"] == "the request body is larger than the limit of 1024 bytes"
+            assert error["type"] == "invalid_request_error"
+            assert server.simulator.requests == 0
+
+    _run(go)
+
+
+def test_sdk_sees_an_unknown_path_as_not_found() -> None:
+    """The openai SDK parses the simulator's 404 into NotFoundError with its message."""
+
+    async def go() -> None:
+        async with SimulatedServer() as server, _sdk(server) as client:
+            with pytest.raises(openai.NotFoundError, match=r"Invalid URL \(GET /v1/files\)"):
+                await client.files.list()
+
+    _run(go)
+
+
 # --- the official openai SDK ----------------------------------------------------------------
 
 
@@ -357,6 +424,9 @@ def test_refuse_window_closes_the_port_then_reopens_it() -> None:
 
     async def go() -> None:
         async with SimulatedServer() as server, aiohttp.ClientSession() as session:
+            # The SDK's first call takes ~1s (lazy imports): make it before the window.
+            async with _sdk(server) as client:
+                await client.chat.completions.create(model="sim-model", messages=MESSAGES)
             outage = {"faults": [{"kind": "refuse", "end": "500ms"}]}
             async with session.post(f"{_root(server)}/_sim/faults", json=outage) as resp:
                 assert resp.status == 200
@@ -377,18 +447,18 @@ def test_refuse_window_closes_the_port_then_reopens_it() -> None:
     _run(go)
 
 
-def test_refuse_without_a_window_drops_each_request_but_keeps_listening() -> None:
-    """A refuse fault with no window refuses per request (connection dropped); the port stays
-    open so /_sim/faults can lift it."""
+def test_refuse_without_a_window_is_rejected_at_run_time() -> None:
+    """POST /_sim/faults with a windowless refuse: 400 naming the fault, schedule unchanged."""
 
     async def go() -> None:
-        settings = _settings(faults=[{"kind": "refuse", "count": 1}])
-        async with SimulatedServer(settings) as server, _sdk(server) as client:
-            with pytest.raises(openai.APIConnectionError):
-                await client.chat.completions.create(model="sim-model", messages=MESSAGES)
+        async with SimulatedServer() as server, aiohttp.ClientSession() as session:
+            bad = {"faults": [{"kind": "refuse", "count": 1}]}
+            async with session.post(f"{_root(server)}/_sim/faults", json=bad) as resp:
+                assert resp.status == 400
+                message = (await resp.json())["error"]["message"]
+            assert "faults.0: Value error, a `refuse` fault needs a time window" in message
+            assert server.simulator.settings.faults == ()
             assert server.listening
-            answer = await client.chat.completions.create(model="sim-model", messages=MESSAGES)
-            assert answer.choices[0].finish_reason == "stop"
 
     _run(go)
 

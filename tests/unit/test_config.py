@@ -151,7 +151,7 @@ def test_litellm_deployment_round_trips() -> None:
             provider: litellm
             model: anthropic/claude-3-5-sonnet-latest
             api_key: {SECRET}
-            params: {{max_retries: 0, metadata: {{team: core}}}}
+            params: {{vertex_project: p, metadata: {{team: core}}}}
           - name: local
             provider: litellm
             model: ollama/llama3
@@ -161,10 +161,52 @@ def test_litellm_deployment_round_trips() -> None:
     claude, local = config.deployments
     assert isinstance(claude, LiteLLMDeployment) and isinstance(local, LiteLLMDeployment)
     assert claude.base_url is None and local.base_url == "http://127.0.0.1:11434"
-    assert claude.params == {"max_retries": 0, "metadata": {"team": "core"}}
+    assert claude.params == {"vertex_project": "p", "metadata": {"team": "core"}}
     assert claude.api_key is not None and claude.api_key.get_secret_value() == SECRET
     assert local.api_key is None
     assert _round_trip(config) == config
+
+
+def test_litellm_params_that_the_gateway_sets_are_refused_at_params() -> None:
+    """`params` may not hold what the gateway sets per request (`stream` would turn every answer
+    into a stream): reported at FILE:LINE: deployments[N].params with what to do instead."""
+    issues = _rejected(
+        """\
+        deployments:
+          - name: ok
+            provider: simulated
+            model: m
+          - name: claude
+            provider: litellm
+            model: anthropic/claude-3-5-haiku-latest
+            params:
+              stream: true
+              timeout: 5
+              vertex_project: p
+        """
+    )
+    assert issues == [
+        "gw.yaml:8: deployments[1].params: `stream` is set by the gateway per request; remove it "
+        "from params; `timeout` is set by the gateway per request, from `timeouts`; remove it "
+        "from params"
+    ]
+
+
+@pytest.mark.parametrize("key", sorted(LiteLLMDeployment.RESERVED_PARAMS))
+def test_every_reserved_litellm_param_is_refused(key: str) -> None:
+    """Each argument the gateway passes to litellm itself is refused in `params`, by name."""
+    issues = _rejected(
+        f"""\
+        deployments:
+          - name: claude
+            provider: litellm
+            model: anthropic/claude-3-5-haiku-latest
+            params: {{{key}: x}}
+        """
+    )
+    assert len(issues) == 1
+    assert issues[0].startswith(f"gw.yaml:5: deployments[0].params: `{key}` is set by the gateway")
+    assert issues[0].endswith("; remove it from params")
 
 
 def test_simulated_deployment_round_trips() -> None:

@@ -19,9 +19,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from pydantic import ValidationError
 
 import gateway.providers.litellm as litellm_provider
-from gateway.config import LiteLLMDeployment
+from gateway.config import LiteLLMDeployment, Timeouts
 from gateway.errors import (
     BadUpstreamResponse,
     ContextLengthExceeded,
@@ -38,6 +39,8 @@ from gateway.errors import (
 )
 from gateway.providers.base import ProviderCall, ProviderResponse
 from gateway.providers.litellm import LiteLLMProvider, load_litellm, translate_error
+from gateway.providers.litellm_errors import secrets_of
+from gateway.providers.sse import SSEStream
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sk-ant-unit-secret-42"
@@ -126,6 +129,7 @@ def test_litellm_is_loaded_offline_and_quiet(litellm: ModuleType) -> None:
     assert litellm.telemetry is False
     assert litellm.suppress_debug_info is True
     assert litellm.turn_off_message_logging is True
+    assert litellm.DEFAULT_MAX_RETRIES == 0  # its OpenAI embeddings path reads `0 or DEFAULT`
     assert os.environ["LITELLM_LOCAL_MODEL_COST_MAP"].lower() == "true"
     assert os.environ["LITELLM_MODE"] != "DEV"  # DEV makes litellm load a .env file
     assert load_litellm() is litellm
@@ -141,7 +145,7 @@ def test_chat_call_passes_openai_fields_and_never_lets_litellm_retry(
 ) -> None:
     """acompletion gets the deployment's model/key/base, OpenAI fields, no retries, no extras."""
     seen = _record(litellm, monkeypatch, "acompletion", _answer(litellm))
-    provider = make_provider(params={"num_retries": 5, "vertex_project": "p", "temperature": 0})
+    provider = make_provider(params={"vertex_project": "p", "temperature": 0})
     tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
     call = _call(temperature=0.5, tools=tools, max_tokens=9, custom_thing=1, model="alias")
     asyncio.run(provider.send(call))
@@ -240,6 +244,203 @@ def test_slow_litellm_call_is_a_provider_timeout(
     call = ProviderCall("chat/completions", {"messages": USER}, b"", False, "r", 0.05)
     with pytest.raises(ProviderTimeout, match=r"within 0\.05s"):
         asyncio.run(make_provider().send(call))
+
+
+def _slow(seconds: float) -> Callable[..., Any]:
+    async def slow(**kwargs: Any) -> Any:
+        await asyncio.sleep(seconds)
+
+    return slow
+
+
+async def _timed_error(
+    provider: LiteLLMProvider, call: ProviderCall
+) -> tuple[ProviderError, float]:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ProviderError) as caught:
+        await provider.send(call)
+    return caught.value, loop.time() - started
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "function"),
+    [("chat/completions", "acompletion"), ("embeddings", "aembedding")],
+    ids=["chat", "embeddings"],
+)
+def test_timeouts_response_limits_a_non_streaming_call_below_the_attempt_timeout(
+    litellm: ModuleType,
+    make_provider: Callable[..., LiteLLMProvider],
+    monkeypatch: pytest.MonkeyPatch,
+    endpoint: str,
+    function: str,
+) -> None:
+    """An answer slower than ``timeouts.response`` but within call.timeout: ProviderTimeout
+    after ~response, and litellm was told the same limit."""
+    seen: list[float] = []
+
+    async def slow(**kwargs: Any) -> Any:
+        seen.append(kwargs["timeout"])
+        await asyncio.sleep(5)
+
+    monkeypatch.setattr(litellm, function, slow)
+    provider = make_provider(timeouts=Timeouts(response=0.05))
+    call = _call(endpoint, input=["a"])
+    error, elapsed = asyncio.run(_timed_error(provider, call))
+    assert type(error) is ProviderTimeout
+    assert "within 0.05s" in error.message
+    assert 0.05 <= elapsed < 1.0
+    assert seen == [0.05]
+
+
+class _Chunks:
+    """A stand-in for litellm's stream: chunks after a delay each; records ``aclose``."""
+
+    def __init__(self, chunks: list[Any], delay: float = 0.0) -> None:
+        self._chunks = list(chunks)
+        self._delay = delay
+        self.closed = False
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> Any:
+        await asyncio.sleep(self._delay)
+        if not self._chunks:
+            raise StopAsyncIteration
+        return self._chunks.pop(0)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def _chunk(litellm: ModuleType, text: str) -> Any:
+    return litellm.ModelResponseStream(
+        id="c1",
+        model="claude",
+        choices=[{"index": 0, "delta": {"role": "assistant", "content": text}}],
+    )
+
+
+def test_stream_opening_time_is_taken_off_the_first_chunk_limit(
+    litellm: ModuleType,
+    make_provider: Callable[..., LiteLLMProvider],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Opening (0.2s) and the first chunk (0.2s) each fit in ``timeouts.first_token`` (0.3s)
+    but together do not: ProviderTimeout at ~0.3s, and the stream litellm opened is closed."""
+    chunks = _Chunks([_chunk(litellm, "hi")], delay=0.2)
+
+    async def opening(**kwargs: Any) -> Any:
+        await asyncio.sleep(0.2)
+        return chunks
+
+    monkeypatch.setattr(litellm, "acompletion", opening)
+    provider = make_provider(timeouts=Timeouts(first_token=0.3))
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stream = await provider.send(_call(stream=True))
+        assert isinstance(stream, SSEStream)
+        with pytest.raises(ProviderTimeout, match="first token"):
+            async for _ in stream:
+                pass
+        return loop.time() - started
+
+    elapsed = asyncio.run(run())
+    assert 0.3 <= elapsed < 1.0
+    assert chunks.closed
+
+
+def test_an_answer_that_cannot_be_rendered_is_bad_upstream_response(
+    litellm: ModuleType,
+    make_provider: Callable[..., LiteLLMProvider],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A non-streaming call that gets something other than a response (here a stream) raises
+    BadUpstreamResponse, not a raw AttributeError, and the stream is closed."""
+    chunks = _Chunks([_chunk(litellm, "hi")])
+    _record(litellm, monkeypatch, "acompletion", chunks)
+    with pytest.raises(BadUpstreamResponse, match="cannot render litellm's answer: Attribute"):
+        asyncio.run(make_provider().send(_call()))
+    assert chunks.closed
+
+
+def test_a_stream_that_is_not_iterable_is_closed_and_bad_upstream_response(
+    litellm: ModuleType,
+    make_provider: Callable[..., LiteLLMProvider],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A streaming call that gets something that cannot be iterated: BadUpstreamResponse, and
+    what litellm opened is closed."""
+
+    class NotAStream:
+        closed = False
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+    answer = NotAStream()
+    _record(litellm, monkeypatch, "acompletion", answer)
+    with pytest.raises(BadUpstreamResponse, match="cannot render"):
+        asyncio.run(make_provider().send(_call(stream=True)))
+    assert answer.closed
+
+
+def test_a_chunk_that_cannot_be_rendered_breaks_the_stream(
+    litellm: ModuleType,
+    make_provider: Callable[..., LiteLLMProvider],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A chunk that is not a litellm object after a good one: StreamBroken (not a raw error),
+    and the stream is closed."""
+    chunks = _Chunks([_chunk(litellm, "hi"), object()])
+    _record(litellm, monkeypatch, "acompletion", chunks)
+
+    async def run() -> list[bytes]:
+        stream = await make_provider().send(_call(stream=True))
+        assert isinstance(stream, SSEStream)
+        seen: list[bytes] = []
+        with pytest.raises(StreamBroken, match="after 1 chunks: cannot render"):
+            async for event in stream:
+                seen.append(event)
+        return seen
+
+    assert len(asyncio.run(run())) == 1
+    assert chunks.closed
+
+
+def test_any_exception_from_litellm_leaves_as_a_gateway_error(
+    litellm: ModuleType,
+    make_provider: Callable[..., LiteLLMProvider],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A non-litellm exception raised inside litellm is BadUpstreamResponse naming its type."""
+
+    async def broken(**kwargs: Any) -> Any:
+        raise AttributeError("'NoneType' object has no attribute 'choices'")
+
+    monkeypatch.setattr(litellm, "acompletion", broken)
+    with pytest.raises(BadUpstreamResponse, match="litellm raised AttributeError"):
+        asyncio.run(make_provider().send(_call()))
+
+
+def test_a_failure_on_this_side_of_litellm_is_still_a_gateway_error(
+    make_provider: Callable[..., LiteLLMProvider],
+) -> None:
+    """Even a bug before litellm is called (here a body that is not a mapping) leaves send()
+    as BadUpstreamResponse, never as a raw exception."""
+    body: Any = ["not", "a", "mapping"]
+    call = ProviderCall("chat/completions", body, b"[]", False, "r", 5.0)
+    with pytest.raises(BadUpstreamResponse, match="litellm provider failed with AttributeError"):
+        asyncio.run(make_provider().send(call))
+
+
+def test_reserved_params_are_refused_before_a_provider_exists() -> None:
+    """``params: {stream: true}`` would turn every answer into a stream: the config refuses it."""
+    with pytest.raises(ValidationError, match="`stream` is set by the gateway per request"):
+        LiteLLMDeployment(name="c", provider="litellm", model="m", params={"stream": True})
 
 
 def test_repr_names_the_deployment_and_hides_the_key(
@@ -379,7 +580,7 @@ def test_litellm_exceptions_map_to_the_most_specific_gateway_class(
     status: int | None,
 ) -> None:
     """Each litellm exception type becomes the gateway class the executor routes on."""
-    error = translate_error(make(litellm), deployment="claude", secret=SECRET)
+    error = translate_error(make(litellm), deployment="claude", secrets=[SECRET])
     assert type(error) is expected
     assert error.upstream_status == status
     assert error.deployment == "claude"
@@ -443,6 +644,40 @@ def test_provider_errors_pass_through_unchanged() -> None:
     assert translate_error(original, deployment="other") is original
 
 
+def test_secrets_are_the_key_and_every_long_string_leaf_of_params() -> None:
+    """Strings of 8+ characters anywhere in params (dicts, lists) count; short ones, numbers
+    and keys do not."""
+    params = {
+        "extra_headers": {"x-proxy-token": "hdr-SECRET-abc", "x-short": "abc"},
+        "vertex_credentials": ["first-credential", {"nested": "second-credential"}],
+        "temperature": 12345678,
+        "a-long-key-name": "v1",
+    }
+    assert secrets_of(SECRET, params) == (
+        "first-credential",
+        "hdr-SECRET-abc",
+        "second-credential",
+        SECRET,
+    )
+    assert secrets_of("", {}) == ()
+
+
+def test_every_secret_is_redacted_even_one_inside_another(litellm: ModuleType) -> None:
+    """All secrets go, the longest first, so a secret containing another leaves no part."""
+    inner, outer = "token-1234", "prefix-token-1234-suffix"
+    exc = litellm.BadRequestError(f"bad {outer} and {inner} and {SECRET}", "m", "anthropic")
+    error = translate_error(exc, deployment="claude", secrets=[inner, SECRET, outer])
+    assert error.message.count("[redacted]") == 3
+    assert "prefix" not in error.message and "suffix" not in error.message
+
+
+def test_a_secret_at_the_length_limit_is_redacted_before_the_cut(litellm: ModuleType) -> None:
+    """A long message is cut after redaction, so no half of a secret survives at the cut."""
+    exc = RuntimeError("x" * 995 + SECRET)
+    error = translate_error(exc, deployment="claude", secrets=[SECRET])
+    assert SECRET[:5] not in error.message
+
+
 def test_the_key_is_redacted_from_every_message(litellm: ModuleType) -> None:
     """A provider message that echoes the key is redacted before anyone can log it."""
     exceptions = [
@@ -452,7 +687,7 @@ def test_the_key_is_redacted_from_every_message(litellm: ModuleType) -> None:
         RuntimeError(f"boom {SECRET}"),
     ]
     for exc in exceptions:
-        error = translate_error(exc, deployment="claude", secret=SECRET)
+        error = translate_error(exc, deployment="claude", secrets=[SECRET])
         for text in (error.message, str(error), repr(error), str(error.to_openai())):
             assert SECRET not in text
         assert "[redacted]" in error.message

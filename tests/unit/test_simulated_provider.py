@@ -46,13 +46,14 @@ def _provider(
     first_token: float = 1.0,
     idle: float = 1.0,
     clock: Callable[[], float] | None = None,
+    response: float = 60.0,
     **sim: Any,
 ) -> SimulatedProvider:
     deployment = SimulatedDeployment(
         provider="simulated",
         name="sim-a",
         model="sim-model",
-        timeouts=Timeouts(first_token=first_token, idle=idle),
+        timeouts=Timeouts(first_token=first_token, idle=idle, response=response),
         simulated=SimulatedSettings.model_validate(sim),
     )
     if clock is None:
@@ -239,16 +240,35 @@ def test_status_fault_waits_for_the_latency_first() -> None:
     assert elapsed >= 0.02
 
 
-@pytest.mark.parametrize(
-    ("kind", "cls"), [("reset", ProviderConnectionError), ("refuse", ProviderUnreachable)]
-)
-def test_reset_and_refuse_raise_connection_errors_at_once(
-    kind: str, cls: type[ProviderConnectionError]
-) -> None:
-    """reset: ProviderConnectionError (retry-same); refuse: ProviderUnreachable (fail over)."""
-    error, elapsed = _send_error(_provider(latency=1.0, faults=[{"kind": kind}]), _call())
-    assert type(error) is cls
+def test_reset_raises_a_connection_error_at_once() -> None:
+    """reset: ProviderConnectionError (retry-same), without waiting for the latency."""
+    error, elapsed = _send_error(_provider(latency=1.0, faults=[{"kind": "reset"}]), _call())
+    assert type(error) is ProviderConnectionError
     assert elapsed < 0.5
+
+
+def test_refuse_is_unreachable_at_once_only_inside_its_window() -> None:
+    """refuse [1s, 2s): ProviderUnreachable (fail over) at once inside the window, as the
+    standalone server's closed port; answers before and after it."""
+    clock = FakeClock()
+    faults = [{"kind": "refuse", "start": 1, "end": 2}]
+    provider = _provider(clock=clock, latency=0.2, faults=faults)
+
+    async def at(t: float) -> str:
+        clock.now = t
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await provider.send(_call(stream=t == 1.5))
+        except ProviderUnreachable:
+            assert loop.time() - started < 0.1  # no latency: the port is closed
+            return "refused"
+        return "ok"
+
+    async def go() -> list[str]:
+        return [await at(t) for t in (0.0, 1.0, 1.5, 2.0)]
+
+    assert _run(go) == ["ok", "refused", "refused", "ok"]
 
 
 def test_hang_waits_out_the_attempt_then_times_out() -> None:
@@ -288,6 +308,53 @@ def test_slow_first_token_past_the_first_token_limit_times_out() -> None:
     error, elapsed = _send_error(provider, _call(stream=True, timeout=5.0))
     assert type(error) is ProviderTimeout
     assert 0.02 <= elapsed < 1.0
+
+
+@pytest.mark.parametrize(
+    "call",
+    [_call(timeout=5.0), _call("embeddings", {"model": "sim-model", "input": "x"}, timeout=5.0)],
+    ids=["chat", "embeddings"],
+)
+def test_timeouts_response_limits_a_non_streaming_answer(call: ProviderCall) -> None:
+    """An answer slower than timeouts.response but within call.timeout: ProviderTimeout after
+    ~timeouts.response."""
+    error, elapsed = _send_error(_provider(response=0.03, latency=5), call)
+    assert type(error) is ProviderTimeout
+    assert "within 0.03s" in error.message
+    assert 0.03 <= elapsed < 1.0
+
+
+def test_generation_time_counts_against_timeouts_response() -> None:
+    """A first byte within timeouts.response but a body that takes longer: ProviderTimeout."""
+    provider = _provider(response=0.05, latency=0.02, tokens_per_second=100, content="w " * 10)
+    error, elapsed = _send_error(provider, _call(timeout=5.0))
+    assert type(error) is ProviderTimeout
+    assert 0.05 <= elapsed < 1.0
+
+
+def test_first_byte_delay_is_taken_off_the_first_event_limit() -> None:
+    """A first byte after 0.2s and a first event 0.2s later, each under first_token (0.3s) but
+    together over it: ProviderTimeout at ~0.3s."""
+    provider = _provider(
+        first_token=0.3,
+        latency=0.2,
+        faults=[{"kind": "stream_stall", "after_chunks": 0, "delay": "200ms"}],
+    )
+    call = _call("completions", {"model": "sim-model", "prompt": "p"}, stream=True, timeout=5.0)
+
+    async def go() -> tuple[ProviderError, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stream = await provider.send(call)
+        assert isinstance(stream, SSEStream)
+        with pytest.raises(ProviderError) as info:
+            await _drain(stream, [])
+        return info.value, loop.time() - started
+
+    error, elapsed = _run(go)
+    assert type(error) is ProviderTimeout
+    assert "first token" in error.message
+    assert 0.3 <= elapsed < 1.0
 
 
 def test_latency_past_the_attempt_timeout_times_out() -> None:

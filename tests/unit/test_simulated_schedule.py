@@ -112,7 +112,17 @@ def test_refusal_reports_window_state_and_the_next_edge() -> None:
     assert schedule.refusal() == (True, None)
 
 
-def test_refusal_ignores_faults_without_a_window() -> None:
-    """A refuse fault without start/end refuses per request, never at the listener."""
-    schedule = FaultSchedule((Fault(kind="refuse"), Fault(kind="reset", start=0.0, end=1.0)))
-    assert schedule.refusal() == (False, None)
+def test_refusal_and_select_agree_on_every_request() -> None:
+    """A request is refused exactly while the listener would be closed, even where an earlier
+    fault's window overlaps the refusal (a closed port comes before any request-level fault)."""
+    clock = FakeClock(0.0)
+    faults = (Fault(kind="reset", start=0.0, end=1.0), Fault(kind="refuse", start=0.5, end=2.0))
+    schedule = FaultSchedule(faults, clock=clock)
+    seen = []
+    for t in (0.0, 0.5, 0.99, 1.0, 1.5, 2.0, 3.0):
+        clock.now = t
+        refusing, _ = schedule.refusal()
+        fault = schedule.select(stream=False)
+        assert refusing == (fault is not None and fault.kind == "refuse"), t
+        seen.append(fault.kind if fault is not None else None)
+    assert seen == ["reset", "refuse", "refuse", "refuse", "refuse", None, None]

@@ -33,6 +33,46 @@ def test_window_with_end_not_after_start_is_rejected() -> None:
         Fault(kind="refuse", start=2.0, end=1.0)
 
 
+def test_refuse_without_a_time_window_is_rejected() -> None:
+    """refuse closes the listener for a window; without start/end there is none to close."""
+    with pytest.raises(ValidationError, match=r"`refuse` fault needs a time window: set `start`"):
+        Fault(kind="refuse")
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"rate": 0.5}, "`rate`"),
+        ({"count": 1}, "`count`"),
+        ({"after": 3}, "`after`"),
+        ({"rate": 0.5, "count": 2, "after": 1}, "`rate`, `count`, `after`"),
+    ],
+    ids=["rate", "count", "after", "all"],
+)
+def test_refuse_with_request_conditions_is_rejected(extra: dict[str, float], named: str) -> None:
+    """A closed listener cannot roll dice or count requests: rate/count/after are refused."""
+    with pytest.raises(ValidationError, match=f"`refuse` fault cannot use {named}:"):
+        Fault.model_validate({"kind": "refuse", "start": "1s", **extra})
+
+
+@pytest.mark.parametrize("window", [{"start": "1s"}, {"end": "2s"}, {"start": 1, "end": 2}])
+def test_refuse_with_a_window_is_accepted(window: dict[str, object]) -> None:
+    """start and/or end is all a refuse fault needs; the defaults of rate/count/after pass."""
+    fault = Fault.model_validate({"kind": "refuse", "rate": 1.0, "after": 0, **window})
+    assert fault.windowed
+    assert Fault.model_validate(fault.model_dump(mode="json")) == fault
+
+
+def test_refuse_error_in_a_fault_file_names_file_line_and_path(tmp_path: Path) -> None:
+    """A windowless refuse in a fault file is reported at the fault's line and path."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("faults:\n  - kind: status\n  - kind: refuse\n    count: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings_file(str(path))
+    assert str(info.value).startswith(f"{path}:3: faults[1]: ")
+    assert "needs a time window" in str(info.value)
+
+
 def test_unknown_fault_kind_is_rejected() -> None:
     """Only the documented kinds are accepted."""
     with pytest.raises(ValidationError):

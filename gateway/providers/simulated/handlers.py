@@ -5,14 +5,19 @@ Faults behave as a real network would show them:
 - ``status``: an OpenAI error body with that status; with ``retry_after``, a ``Retry-After``
   header (seconds, fractional below one) and ``retry-after-ms`` (as OpenAI sends it);
 - ``hang``: never answers (until the client leaves or the server stops);
-- ``reset``, and a ``refuse`` that matches per request: the connection is aborted with an RST
-  before any byte;
+- ``reset``: the connection is aborted with an RST before any byte; so is a request that
+  arrives inside a ``refuse`` window (on a connection accepted before the window, or on an app
+  served without :class:`.server.SimulatedServer`, which closes its listener for the window);
 - ``slow_first_token``: the headers (the first byte) come ``delay`` late;
 - ``garbage``: 200 with a JSON content type and a body that is not JSON;
 - ``stream_cut``: the connection closes after N content chunks, the chunked body never ends;
 - ``stream_stall``: nothing more is written for ``delay`` (or until the server stops);
 - ``malformed_chunk``: a ``data: {not json`` event; ``missing_done``: the body ends properly but
   without ``data: [DONE]``.
+
+Requests the routes do not serve get OpenAI-shaped errors too, as a real upstream sends them:
+404 for an unknown path (:func:`not_found`), 405 with ``Allow`` for a wrong method
+(:func:`method_not_allowed`), 413 for a body over the app's ``client_max_size``.
 """
 
 from __future__ import annotations
@@ -70,6 +75,34 @@ def error_response(
     )
 
 
+def _too_large(request: web.Request) -> web.Response:
+    limit = request.client_max_size
+    return error_response(413, f"the request body is larger than the limit of {limit} bytes")
+
+
+async def _read(request: web.Request) -> bytes | web.Response:
+    """The request body, or the 413 answer when it is over the app's size limit."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _too_large(request)
+
+
+async def not_found(request: web.Request) -> web.Response:
+    """404 for a path no route serves (what OpenAI answers: ``Invalid URL (METHOD /path)``)."""
+    return error_response(404, f"Invalid URL ({request.method} {request.path})")
+
+
+def method_not_allowed(allowed: str) -> Handler:
+    """The 405 handler of a resource that serves only ``allowed`` (e.g. ``"GET, POST"``)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        message = f"{request.method} is not allowed on {request.path}; use {allowed}"
+        return error_response(405, message, headers={"Allow": allowed})
+
+    return handle
+
+
 def _seconds(value: float) -> str:
     return str(int(value)) if value == int(value) else f"{value:.3f}".rstrip("0").rstrip(".")
 
@@ -114,8 +147,11 @@ def endpoint_handler(endpoint: str) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         app = request.app
         sim = app[SIMULATOR]
+        raw = await _read(request)
+        if isinstance(raw, web.Response):
+            return raw
         try:
-            body: Any = orjson.loads(await request.read())
+            body: Any = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return error_response(400, "We could not parse the JSON body of your request.")
         problem = sim.check(endpoint, body)
@@ -188,8 +224,11 @@ async def get_faults(request: web.Request) -> web.Response:
 
 async def replace_faults(request: web.Request) -> web.Response:
     """Install new settings (fault schedule restarts); 400 with the reasons when invalid."""
+    raw = await _read(request)
+    if isinstance(raw, web.Response):
+        return raw
     try:
-        data = orjson.loads(await request.read())
+        data = orjson.loads(raw)
         settings = SimulatedSettings.model_validate(data)
     except orjson.JSONDecodeError:
         return error_response(400, "the body must be JSON with SimulatedSettings fields")

@@ -4,16 +4,19 @@
 
 1. Check the body; a bad one raises what an upstream's 400 becomes (:class:`ProviderRejected`).
 2. Pick the fault (first match of the schedule) and act on it as the real HTTP path would see it:
-   ``reset`` → :class:`ProviderConnectionError`; ``refuse`` → :class:`ProviderUnreachable`;
+   ``reset`` → :class:`ProviderConnectionError`; ``refuse`` (only inside its window, as the
+   standalone server closes its port for it) → :class:`ProviderUnreachable`;
    ``hang`` → wait out the attempt's limit, then :class:`ProviderTimeout`; ``status`` →
    ``error_for_status`` (with ``retry_after`` and ``code``); ``garbage`` →
    :class:`BadUpstreamResponse`.
 3. Wait for the first byte (``latency`` + a ``slow_first_token`` delay). The limit is
-   ``call.timeout``, and for streams also ``timeouts.first_token``; past it: ProviderTimeout.
-4. Non-streaming: also wait the generation time (tokens / ``tokens_per_second``) and return a
-   :class:`ProviderResponse`. Streaming: return an :class:`SSEStream` over a generated ``readline``
-   so stream faults (cut, stall, malformed event, missing ``[DONE]``) are judged by the same code
-   that judges real upstream streams, with ``timeouts.first_token`` / ``timeouts.idle``.
+   ``min(call.timeout, timeouts.response)`` for a non-streaming answer and
+   ``min(call.timeout, timeouts.first_token)`` for a stream; past it: ProviderTimeout.
+4. Non-streaming: also wait the generation time (tokens / ``tokens_per_second``), within the same
+   limit, and return a :class:`ProviderResponse`. Streaming: return an :class:`SSEStream` over a
+   generated ``readline`` so stream faults (cut, stall, malformed event, missing ``[DONE]``) are
+   judged by the same code that judges real upstream streams; its first event gets what the
+   first-byte wait left of the limit, later ones ``timeouts.idle`` each.
 """
 
 from __future__ import annotations

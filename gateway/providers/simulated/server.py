@@ -2,16 +2,18 @@
 
 Routes: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``; ``GET /v1/models``,
 ``/healthz``; ``GET|POST /_sim/faults`` (read / replace the settings at run time, the schedule
-restarts) and ``GET /_sim/stats`` (requests, faults applied by kind, listener state).
+restarts) and ``GET /_sim/stats`` (requests, faults applied by kind, listener state). Any other
+path is a 404, another method a 405, a body over ``max_body_size`` a 413, all OpenAI-shaped.
 Fault behaviour on the wire is described in :mod:`.handlers`.
 
-``refuse`` windows: :class:`SimulatedServer` runs a background task that watches the schedule.
-When a windowed ``refuse`` fault covers the current time it closes the listening socket (new
-connections get ECONNREFUSED); when the window ends it binds the same port again (SO_REUSEADDR)
-and serves. The task sleeps until the next window edge or until ``/_sim/faults`` changes the
-schedule. Connections accepted before the window stay open, but their requests match the same
-``refuse`` fault and are dropped with an RST. A ``refuse`` fault without a window (or an app
-served by ``build_app`` alone, without :class:`SimulatedServer`) refuses per request that way.
+``refuse`` windows (every ``refuse`` fault has one, see :mod:`.settings`): :class:`SimulatedServer`
+runs a background task that watches the schedule. When a ``refuse`` window covers the current time
+it closes the listening socket (new connections get ECONNREFUSED); when the window ends it binds
+the same port again (SO_REUSEADDR) and serves. The task sleeps until the next window edge or until
+``/_sim/faults`` changes the schedule. Connections accepted before the window stay open, but a
+request that arrives on one inside the window matches the ``refuse`` fault and is dropped with an
+RST (a client reusing a pooled connection sees a reset, then ECONNREFUSED when it reconnects).
+An app served by ``build_app`` alone, without :class:`SimulatedServer`, refuses that way only.
 """
 
 from __future__ import annotations
@@ -46,10 +48,14 @@ REBIND_RETRY = 0.05
 
 
 def build_app(
-    settings: SimulatedSettings, model: str, *, clock: Clock = time.monotonic
+    settings: SimulatedSettings,
+    model: str,
+    *,
+    clock: Clock = time.monotonic,
+    max_body_size: int = MAX_BODY_SIZE,
 ) -> web.Application:
     """The aiohttp application of a simulated upstream that reports ``model``."""
-    app = web.Application(client_max_size=MAX_BODY_SIZE)
+    app = web.Application(client_max_size=max_body_size)
     app[SIMULATOR] = Simulator(settings, name=model, model=model, clock=clock)
     app[STOPPING] = asyncio.Event()
     app[SCHEDULE_CHANGED] = asyncio.Event()
@@ -59,13 +65,22 @@ def build_app(
         app[STOPPING].set()  # wakes hung requests and stalled streams so they end now
 
     app.on_shutdown.append(on_shutdown)
-    for endpoint in ("chat/completions", "completions", "embeddings"):
-        app.router.add_post(f"/v1/{endpoint}", handlers.endpoint_handler(endpoint))
-    app.router.add_get("/v1/models", handlers.models)
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/_sim/faults", handlers.get_faults)
-    app.router.add_post("/_sim/faults", handlers.replace_faults)
-    app.router.add_get("/_sim/stats", handlers.stats)
+    routes: list[tuple[str, dict[str, handlers.Handler]]] = [
+        (f"/v1/{endpoint}", {"POST": handlers.endpoint_handler(endpoint)})
+        for endpoint in ("chat/completions", "completions", "embeddings")
+    ]
+    routes += [
+        ("/v1/models", {"GET": handlers.models}),
+        ("/healthz", {"GET": handlers.healthz}),
+        ("/_sim/faults", {"GET": handlers.get_faults, "POST": handlers.replace_faults}),
+        ("/_sim/stats", {"GET": handlers.stats}),
+    ]
+    for path, methods in routes:
+        resource = app.router.add_resource(path)
+        for method, handler in methods.items():
+            resource.add_route(method, handler)
+        resource.add_route("*", handlers.method_not_allowed(", ".join(methods)))
+    app.router.add_route("*", "/{tail:.*}", handlers.not_found)
     return app
 
 
@@ -98,8 +113,11 @@ class SimulatedServer:
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Clock = time.monotonic,
+        max_body_size: int = MAX_BODY_SIZE,
     ) -> None:
-        self.app = build_app(settings or SimulatedSettings(), model, clock=clock)
+        self.app = build_app(
+            settings or SimulatedSettings(), model, clock=clock, max_body_size=max_body_size
+        )
         self.host = host
         self.port = port
         self._clock = clock
