@@ -546,6 +546,35 @@ def test_legacy_completions_are_rejected_with_400() -> None:
     asyncio.run(run())
 
 
+@asynccontextmanager
+async def _embeddings_provider(handler: Any) -> AsyncIterator[LiteLLMProvider]:
+    """A litellm deployment of an OpenAI-style embeddings upstream served by ``handler``."""
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    provider = LiteLLMProvider(
+        LiteLLMDeployment(
+            name="emb",
+            provider="litellm",
+            model="openai/text-embedding-3-small",
+            base_url=f"http://127.0.0.1:{runner.addresses[0][1]}/v1",
+            api_key="sk-emb-test",
+            tags=("embeddings",),
+        )
+    )
+    try:
+        yield provider
+    finally:
+        await provider.close()
+        await runner.cleanup()
+
+
+def _embeddings_call(body: dict[str, Any]) -> ProviderCall:
+    return ProviderCall("embeddings", body, orjson.dumps(body), False, "r", 10.0)
+
+
 def test_embeddings_go_through_litellm_aembedding() -> None:
     """``embeddings`` reaches an OpenAI-style upstream through litellm and returns its vectors."""
     received: list[dict[str, Any]] = []
@@ -563,35 +592,15 @@ def test_embeddings_go_through_litellm_aembedding() -> None:
         )
 
     async def run() -> None:
-        app = web.Application()
-        app.router.add_post("/v1/embeddings", embeddings)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-        provider = LiteLLMProvider(
-            LiteLLMDeployment(
-                name="emb",
-                provider="litellm",
-                model="openai/text-embedding-3-small",
-                base_url=url,
-                api_key="sk-emb-test",
-                tags=("embeddings",),
-            )
-        )
-        try:
-            body = {"model": "emb", "input": ["hello"], "dimensions": 2}
-            call = ProviderCall("embeddings", body, orjson.dumps(body), False, "r", 10.0)
+        async with _embeddings_provider(embeddings) as provider:
+            call = _embeddings_call({"model": "emb", "input": ["hello"], "dimensions": 2})
             result = await provider.send(call)
-            assert isinstance(result, ProviderResponse)
-            parsed = orjson.loads(result.body)
-            assert parsed["data"][0]["embedding"] == [0.25, -0.5]
-            assert result.usage is not None and result.usage.prompt_tokens == 3
-            assert received[0]["model"] == "text-embedding-3-small"
-            assert received[0]["input"] == ["hello"]
-        finally:
-            await provider.close()
-            await runner.cleanup()
+        assert isinstance(result, ProviderResponse)
+        parsed = orjson.loads(result.body)
+        assert parsed["data"][0]["embedding"] == [0.25, -0.5]
+        assert result.usage is not None and result.usage.prompt_tokens == 3
+        assert received[0]["model"] == "text-embedding-3-small"
+        assert received[0]["input"] == ["hello"]
 
     asyncio.run(run())
 
@@ -607,32 +616,11 @@ def test_litellm_does_not_retry_a_failed_embeddings_call() -> None:
         return web.json_response(body, status=500)
 
     async def run() -> None:
-        app = web.Application()
-        app.router.add_post("/v1/embeddings", failing)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-        provider = LiteLLMProvider(
-            LiteLLMDeployment(
-                name="emb",
-                provider="litellm",
-                model="openai/text-embedding-3-small",
-                base_url=url,
-                api_key="sk-emb-test",
-                tags=("embeddings",),
-            )
-        )
-        try:
-            body = {"model": "emb", "input": ["hello"]}
-            call = ProviderCall("embeddings", body, orjson.dumps(body), False, "r", 10.0)
+        async with _embeddings_provider(failing) as provider:
             with pytest.raises(ProviderError) as caught:
-                await provider.send(call)
-            assert caught.value.upstream_status == 500
-            assert hits == ["/v1/embeddings"]
-        finally:
-            await provider.close()
-            await runner.cleanup()
+                await provider.send(_embeddings_call({"model": "emb", "input": ["hello"]}))
+        assert caught.value.upstream_status == 500
+        assert hits == ["/v1/embeddings"]
 
     asyncio.run(run())
 
