@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from gateway.errors import (
     Action,
     ContextLengthExceeded,
+    GatewayError,
     NoDeploymentAvailable,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
 )
 from gateway.providers.base import Provider, ProviderCall, ProviderResponse, ProviderStream
+
+E = TypeVar("E", bound=GatewayError)
 
 
 class Deployment:
@@ -108,9 +112,8 @@ async def execute(plan: list[Deployment], call: ProviderCall, *, deadline: float
                 errors.append(exc)
                 action = exc.action
                 if action is Action.DONT_RETRY or action is Action.CALLER_ERROR:
-                    exc.attempts = attempts
-                    exc.history = tuple(errors)
-                    raise exc
+                    _stamped(exc, attempts, errors)
+                    raise
                 if action is Action.FAIL_OVER_LARGER_CONTEXT:
                     min_context = max(min_context or 0, dep.context_window or 0)
                     break
@@ -123,10 +126,15 @@ async def execute(plan: list[Deployment], call: ProviderCall, *, deadline: float
             return Attempt(dep, result, attempts, first, errors)
     last = errors[-1] if errors else None
     if isinstance(last, ContextLengthExceeded):
-        last.attempts = attempts
-        last.history = tuple(errors)
-        raise last
+        raise _stamped(last, attempts, errors)
     raise _exhausted(errors, attempts, deadline_hit=False)
+
+
+def _stamped(err: E, attempts: int, errors: list[ProviderError]) -> E:
+    """``err`` carrying the attempt count and every failed attempt, for headers and the log."""
+    err.attempts = attempts
+    err.history = tuple(errors)
+    return err
 
 
 def _exhausted(
@@ -140,14 +148,12 @@ def _exhausted(
         )
         errors.append(last)
     if last is None:
-        err = NoDeploymentAvailable("no deployment could take the request", attempts=attempts)
+        err = NoDeploymentAvailable("no deployment could take the request")
     else:
         tried = ", ".join(dict.fromkeys(e.deployment for e in errors if e.deployment))
         err = NoDeploymentAvailable(
             f"every deployment failed ({attempts} attempt{'s' if attempts != 1 else ''} over "
             f"{tried}); last error from `{last.deployment}`: {last.message}",
             last=last,
-            attempts=attempts,
         )
-    err.history = tuple(errors)
-    return err
+    return _stamped(err, attempts, errors)

@@ -64,6 +64,8 @@ class YamlDocument:
     def __init__(self, file: str, text: str) -> None:
         self.file = file
         try:
+            # Two parses on purpose: building the data flattens `<<:` merge keys into the nodes
+            # in place, which would hide where each key was written.
             self.root = yaml.compose(text, Loader=yaml.SafeLoader)
             self.data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
