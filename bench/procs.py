@@ -11,13 +11,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import http.client
+import json
 import os
 import select
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -170,3 +173,28 @@ def mapped_files_matching(pid: int, needle: str) -> list[str]:
             if len(parts) == 6 and needle in parts[5]:
                 found.add(parts[5].strip())
     return sorted(found)
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # stop the same way as on Ctrl-C: every child is stopped
+
+
+def run_and_report(
+    tag: str,
+    run: Callable[[Any], dict[str, Any]],
+    report: Callable[[dict[str, Any], Path], str],
+    args: Any,
+) -> int:
+    """A benchmark's main: SIGTERM and Ctrl-C stop every child; the figures go to ``args.out``
+    as JSON and the report to stdout."""
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        results = run(args)
+    except KeyboardInterrupt:
+        print(f"\n[{tag}] interrupted; every child process was stopped", file=sys.stderr)
+        return 130
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(report(results, args.out))
+    return 0

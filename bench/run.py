@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from procs import (
     mapped_files_matching,
     memory_mb,
     read_port,
+    run_and_report,
     wait_http_ok,
 )
 from report import combine, ratios, report
@@ -444,23 +444,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt  # stop the same way as on Ctrl-C: every child is stopped
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        results = run(args)
-    except KeyboardInterrupt:
-        print("\n[bench] interrupted; every child process was stopped", file=sys.stderr)
-        return 130
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(report(results, args.out))
-    return 0
+    return run_and_report("bench", run, report, args)
 
 
 if __name__ == "__main__":

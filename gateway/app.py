@@ -16,6 +16,10 @@ from gateway.executor import Deployment
 from gateway.logs import configure, get_logger
 from gateway.providers.base import DeploymentConfig, Provider
 from gateway.server import Gateway
+from health.monitor import HealthMonitor, status_settings
+from health.probes import ProbeFn, Prober, ProbeSettings
+from health.status import StatusSettings
+from health.store import MemoryStore, MetricsStore, WindowSettings
 
 EXIT_CONFIG = 2
 _SESSION_KEY = web.AppKey("upstream_session", aiohttp.ClientSession)
@@ -46,19 +50,74 @@ def _session() -> aiohttp.ClientSession:
     )
 
 
+def make_store(config: GatewayConfig) -> MetricsStore:
+    """The metrics store ``health.store`` names (the Redis client is imported only if used)."""
+    h = config.health
+    window = WindowSettings(h.window.buckets, h.window.bucket, h.window.ewma_alpha)
+    if h.store == "memory":
+        return MemoryStore(window)
+    from health.redis_store import RedisStore
+
+    return RedisStore(
+        h.redis.url.get_secret_value(),
+        window,
+        namespace=h.redis.namespace,
+        flush_interval=h.redis.flush_interval,
+        timeout=h.redis.timeout,
+    )
+
+
+def _probe_fn(provider: Provider, kind: str, timeout: float) -> ProbeFn:
+    async def probe() -> float:
+        return await provider.probe(kind, timeout)
+
+    return probe
+
+
+def build_monitor(config: GatewayConfig, providers: list[Provider]) -> HealthMonitor:
+    """Store, probes and status rules for every configured deployment."""
+    store = make_store(config)
+    prober = Prober(store)
+    s = config.health.status
+    defaults = StatusSettings(
+        min_requests=s.min_requests,
+        degraded_error_rate=s.degraded_error_rate,
+        unhealthy_error_rate=s.unhealthy_error_rate,
+        degraded_latency=s.degraded_latency,
+    )
+    rules: dict[str, StatusSettings] = {}
+    for provider in providers:
+        name = provider.deployment.name
+        kind, p = config.probe(name)
+        settings = ProbeSettings(
+            kind, p.interval, p.timeout, p.jitter, p.healthy_threshold, p.unhealthy_threshold
+        )
+        prober.add(name, settings, _probe_fn(provider, kind, p.timeout))
+        rules[name] = status_settings(settings, defaults=defaults)
+    return HealthMonitor(store, prober, rules)
+
+
 async def build_app(config: GatewayConfig) -> web.Application:
-    """The aiohttp application for ``config``; upstream resources close with the app."""
+    """The aiohttp application for ``config``; upstream resources and health tasks live with it."""
     session = _session()
     providers = [make_provider(d, session) for d in config.deployments]
-    deployments = {p.deployment.name: Deployment(p) for p in providers}
-    app = Gateway(config, deployments).app()
+    monitor = build_monitor(config, providers)
+    deployments = {
+        p.deployment.name: Deployment(p, monitor.window(p.deployment.name)) for p in providers
+    }
+    app = Gateway(config, deployments, monitor).app()
     app[_SESSION_KEY] = session
 
+    async def start(_: web.Application) -> None:
+        await monitor.start()
+
     async def close(_: web.Application) -> None:
+        await monitor.close()
         for provider in providers:
             await provider.close()
         await session.close()
 
+    app.on_startup.append(start)
     app.on_cleanup.append(close)
     return app
 

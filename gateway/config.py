@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     field_validator,
+    model_validator,
 )
 
 from gateway.providers.simulated.settings import SimulatedSettings
@@ -88,6 +89,20 @@ class Price(_Model):
     output: float = Field(default=0.0, ge=0.0)
 
 
+ProbeKind = Literal["models", "completion", "none"]
+
+
+class ProbeOverride(_Model):
+    """A deployment's own probe settings; each field left out comes from ``health.probes``."""
+
+    kind: ProbeKind | None = None
+    interval: Duration | None = Field(default=None, gt=0)
+    timeout: Duration | None = Field(default=None, gt=0)
+    jitter: float | None = Field(default=None, ge=0, lt=1)
+    healthy_threshold: int | None = Field(default=None, ge=1)
+    unhealthy_threshold: int | None = Field(default=None, ge=1)
+
+
 class _DeploymentBase(_Model):
     name: str = Field(pattern=_NAME, description="Unique id of this deployment.")
     model: str = Field(min_length=1, description="Model name sent upstream.")
@@ -100,6 +115,7 @@ class _DeploymentBase(_Model):
     price: Price = Price()
     timeouts: Timeouts = Timeouts()
     max_concurrency: int | None = Field(default=None, gt=0)
+    probe: ProbeOverride = ProbeOverride()
 
     @property
     def served_names(self) -> tuple[str, ...]:
@@ -149,6 +165,16 @@ class LiteLLMDeployment(_DeploymentBase):
     base_url: str | None = Field(default=None, pattern=r"^https?://")
     api_key: Secret | None = None
     params: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold credentials
+
+    @field_validator("probe")
+    @classmethod
+    def _probe_kind(cls, value: ProbeOverride) -> ProbeOverride:
+        if value.kind == "models":
+            raise ValueError(
+                "litellm deployments have no models endpoint to probe: use kind `completion` "
+                "(one token per probe) or `none`"
+            )
+        return value
 
     @field_validator("params")
     @classmethod
@@ -201,9 +227,77 @@ class LoggingSettings(_Model):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class WindowConfig(_Model):
+    """The rolling window: ``buckets`` of ``bucket`` seconds each, sliding a bucket at a time."""
+
+    buckets: int = Field(default=12, ge=1, le=720)
+    bucket: Duration = Field(default=5.0, gt=0)
+    ewma_alpha: float = Field(default=0.3, gt=0, le=1)
+
+
+class RedisSettings(_Model):
+    url: Secret = SecretStr("redis://127.0.0.1:6379/0")  # may carry a password: never shown
+    namespace: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="Fleet name: replicas with the same namespace share one view.",
+    )
+    flush_interval: Duration = Field(default=0.25, gt=0)
+    timeout: Duration = Field(default=0.5, gt=0)
+
+
+class StatusConfig(_Model):
+    min_requests: int = Field(default=10, ge=1)
+    degraded_error_rate: float = Field(default=0.1, gt=0, le=1)
+    unhealthy_error_rate: float = Field(default=0.5, gt=0, le=1)
+    degraded_latency: Duration | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> StatusConfig:
+        if self.unhealthy_error_rate < self.degraded_error_rate:
+            raise ValueError(
+                f"unhealthy_error_rate ({self.unhealthy_error_rate}) must not be below "
+                f"degraded_error_rate ({self.degraded_error_rate})"
+            )
+        return self
+
+
+class ProbeDefaults(_Model):
+    """Probe settings for every deployment (each can override any of them under ``probe``).
+
+    ``kind: auto`` probes ``GET /models`` on openai and simulated deployments and does not probe
+    litellm ones (a probe there costs a completion); set ``completion`` on one to probe it.
+    """
+
+    kind: Literal["auto", "models", "completion", "none"] = "auto"
+    interval: Duration = Field(default=15.0, gt=0)
+    timeout: Duration = Field(default=5.0, gt=0)
+    jitter: float = Field(default=0.2, ge=0, lt=1)
+    healthy_threshold: int = Field(default=2, ge=1)
+    unhealthy_threshold: int = Field(default=3, ge=1)
+
+
+class HealthSettings(_Model):
+    store: Literal["memory", "redis"] = "memory"
+    redis: RedisSettings = RedisSettings()
+    window: WindowConfig = WindowConfig()
+    status: StatusConfig = StatusConfig()
+    probes: ProbeDefaults = ProbeDefaults()
+
+
+class AdminSettings(_Model):
+    token: Secret | None = Field(
+        default=None,
+        description="Bearer token for /admin/* and /metrics; without one they answer only on "
+        "loopback.",
+    )
+
+
 class GatewayConfig(_Model):
     server: ServerSettings = ServerSettings()
     logging: LoggingSettings = LoggingSettings()
+    health: HealthSettings = HealthSettings()
+    admin: AdminSettings = AdminSettings()
     deployments: tuple[Deployment, ...]
     routes: dict[str, tuple[str, ...]] = Field(
         default_factory=dict,
@@ -223,6 +317,17 @@ class GatewayConfig(_Model):
             if d.name == name:
                 return d
         raise KeyError(name)
+
+    def probe(self, name: str) -> tuple[ProbeKind, ProbeDefaults]:
+        """The effective probe of deployment ``name``: its kind and the merged settings."""
+        d = self.deployment(name)
+        merged = self.health.probes.model_copy(
+            update={k: v for k, v in d.probe.model_dump().items() if v is not None}
+        )
+        kind = d.probe.kind or merged.kind
+        if kind == "auto" or (kind == "models" and d.provider == "litellm"):
+            kind = "none" if d.provider == "litellm" else "models"
+        return kind, merged
 
     def route_table(self) -> dict[str, tuple[str, ...]]:
         """Every client-facing name -> ordered deployment names (explicit routes win)."""

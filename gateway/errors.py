@@ -92,6 +92,13 @@ class Unauthorized(CallerError):
     code = "invalid_api_key"
 
 
+class Forbidden(CallerError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+    label = "forbidden"
+
+
 class ModelNotFound(CallerError):
     status = 404
     code = "model_not_found"
@@ -131,6 +138,8 @@ class ProviderError(GatewayError):
     code = "upstream_error"
     label = "upstream"
     action = Action.FAIL_OVER
+    # The class health windows count it under (health.window.ERROR_CLASSES).
+    health_class = "server_error"
 
     def __init__(
         self,
@@ -165,6 +174,7 @@ class ProviderRejected(ProviderError):
     code = "upstream_rejected"
     label = "rejected"
     action = Action.DONT_RETRY
+    health_class = "caller_error"  # the request's fault, not the deployment's
 
     def __init__(self, message: str, *, upstream_status: int = 400, **kwargs: Any) -> None:
         super().__init__(message, upstream_status=upstream_status, **kwargs)
@@ -185,6 +195,7 @@ class ProviderMisconfigured(ProviderError):
     status = 502
     code = "upstream_misconfigured"
     label = "misconfigured"
+    health_class = "misconfigured"
 
 
 class RateLimited(ProviderError):
@@ -192,6 +203,7 @@ class RateLimited(ProviderError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
     label = "rate_limited"
+    health_class = "rate_limited"
 
 
 class ProviderServerError(ProviderError):
@@ -211,12 +223,14 @@ class ProviderTimeout(ProviderError):
     status = 504
     code = "upstream_timeout"
     label = "timeout"
+    health_class = "timeout"
 
 
 class ProviderConnectionError(ProviderError):
     status = 502
     code = "upstream_connection_error"
     label = "connection"
+    health_class = "connection"
     action = Action.RETRY_SAME
 
 
@@ -232,12 +246,14 @@ class BadUpstreamResponse(ProviderError):
     status = 502
     code = "bad_upstream_response"
     label = "bad_response"
+    health_class = "bad_response"
 
 
 class StreamBroken(ProviderError):
     status = 502
     code = "stream_broken"
     label = "stream_broken"
+    health_class = "stream_broken"
 
 
 # --- gateway-level outcome -------------------------------------------------------------------

@@ -10,14 +10,18 @@ The request path (keep this list true):
    endpoint (and ``stream`` for streaming requests); the policy engine replaces this step.
 4. **Execute**: :func:`gateway.executor.execute` walks the plan under one overall deadline
    (``server.request_timeout``), retrying or failing over by error class; a stream counts as
-   answered only once its first event arrived.
+   answered only once its first event arrived. Every attempt's outcome goes into its
+   deployment's health window as it ends (a stream's when the stream ends).
 5. **Relay**: a non-streaming body goes back as the upstream sent it; SSE events are written one
    by one as they arrive. A stream that breaks after its first event ends with an in-band
    ``error`` event and no ``[DONE]``: a truncated answer is never presented as complete.
-6. **Record**: one ``request`` log event (request id, model, deployment, attempts, status,
-   latency, tokens, every failed attempt and why); every response of the ``/v1`` request
-   endpoints carries ``x-request-id`` and ``x-gateway-attempts``, and ``x-gateway-deployment``
-   once a deployment answered or failed.
+6. **Record**: a count per endpoint and status for ``/metrics``; one ``request`` log event
+   (request id, model, deployment, attempts, status, latency, tokens, every failed attempt and
+   why); every response of the ``/v1`` request endpoints carries ``x-request-id`` and
+   ``x-gateway-attempts``, and ``x-gateway-deployment`` once a deployment answered or failed.
+
+Operators: ``GET /admin/deployments`` (status, reason, window figures, probes) and ``GET /metrics``
+(Prometheus), both behind ``admin.token`` or, without one, on loopback only.
 
 Anything unexpected becomes a JSON 500 naming the request id, logged with its traceback; the
 caller never sees a traceback or aiohttp's text page.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import os
 import re
 import time
@@ -34,9 +39,11 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from gateway.config import GatewayConfig
 from gateway.errors import (
+    Forbidden,
     GatewayError,
     InvalidRequest,
     MethodNotAllowed,
@@ -50,6 +57,12 @@ from gateway.executor import Attempt, Deployment, execute
 from gateway.logs import get_logger
 from gateway.providers.base import ProviderCall, ProviderResponse
 from gateway.validation import validate
+from health.monitor import HealthMonitor
+from health.probes import Prober
+from health.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from health.prometheus import registry, render
+from health.status import StatusSettings
+from health.store import MemoryStore
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -59,9 +72,27 @@ ENDPOINTS = ("chat/completions", "completions", "embeddings")
 class Gateway:
     """Routes, deployments and handlers for one loaded configuration."""
 
-    def __init__(self, config: GatewayConfig, deployments: dict[str, Deployment]) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        deployments: dict[str, Deployment],
+        monitor: HealthMonitor | None = None,
+    ) -> None:
         self.config = config
         self.deployments = deployments
+        if monitor is None:  # embedded use and tests: the deployments' own windows, no probes
+            store = MemoryStore()
+            for name, dep in deployments.items():
+                store.attach(name, dep.window)
+            monitor = HealthMonitor(
+                store, Prober(store), {name: StatusSettings() for name in deployments}
+            )
+        self.monitor = monitor
+        admin = config.admin.token
+        self._admin_token = admin.get_secret_value().encode() if admin is not None else None
+        self._metrics = registry(monitor, self._request_families)
+        # (endpoint, status) -> responses; endpoint is one of ENDPOINTS or "other"
+        self.responses: dict[tuple[str, int], int] = {}
         self._max_body = config.server.max_body_size
         self._timeout = config.server.request_timeout
         self._keys = [k.get_secret_value().encode() for k in config.server.api_keys]
@@ -98,6 +129,8 @@ class Gateway:
             ("/v1/models", self.models),
             ("/healthz", self.healthz),
             ("/readyz", self.readyz),
+            ("/metrics", self.metrics),
+            ("/admin/deployments", self.admin_deployments),
         ):
             resource = app.router.add_resource(path)
             resource.add_route("GET", handler)
@@ -117,12 +150,80 @@ class Gateway:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
+        """Ready while some deployment has capacity.
+
+        Upstream health does not make the gateway unready: with every deployment ejected (or a
+        probe that is wrong about all of them) the gateway still answers each request with a
+        clear error, or from a deployment that works after all, where an unready pod behind a
+        load balancer would give callers connection errors. ``ejected`` counts them for the
+        operator; ``/admin/deployments`` says why.
+        """
         routable = sum(1 for d in self.deployments.values() if _has_capacity(d))
+        ejected = sum(
+            1 for d in self.deployments.values() if self.monitor.status(d.name).state == "ejected"
+        )
         status = 200 if routable else 503
         return web.json_response(
-            {"status": "ready" if routable else "unavailable", "routable_deployments": routable},
+            {
+                "status": "ready" if routable else "unavailable",
+                "routable_deployments": routable,
+                "ejected_deployments": ejected,
+            },
             status=status,
         )
+
+    # --- operators ----------------------------------------------------------------------
+
+    def _admin(self, request: web.Request) -> web.Response | None:
+        """An error response when ``request`` may not see admin data, else ``None``.
+
+        With ``admin.token`` set: a matching bearer token (constant-time compare). Without one:
+        only callers on loopback, so a sidecar's figures never leak off the host by default.
+        """
+        request_id = _request_id(request)
+        if self._admin_token is not None:
+            header = request.headers.get("Authorization", "")
+            token = header[7:].strip().encode() if header[:7].lower() == "bearer " else b""
+            if token and hmac.compare_digest(token, self._admin_token):
+                return None
+            error: GatewayError = Unauthorized(
+                "missing or invalid admin token: send `Authorization: Bearer <admin.token>`"
+            )
+        elif _is_loopback(request.remote):
+            return None
+        else:
+            error = Forbidden(
+                f"{request.path} answers only on loopback while admin.token is not set; "
+                "set admin.token to reach it from elsewhere"
+            )
+        self._record(request.path, request_id, None, None, error, time.perf_counter())
+        return _error_response(error, request_id)
+
+    async def admin_deployments(self, request: web.Request) -> web.Response:
+        denied = self._admin(request)
+        if denied is not None:
+            return denied
+        return web.Response(
+            body=orjson.dumps(self.monitor.report()), content_type="application/json"
+        )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        denied = self._admin(request)
+        if denied is not None:
+            return denied
+        return web.Response(
+            body=render(self._metrics), headers={"Content-Type": METRICS_CONTENT_TYPE}
+        )
+
+    def _request_families(self) -> list[Metric]:
+        family = CounterMetricFamily(
+            "llm_gateway_requests",
+            "Responses to callers by endpoint and HTTP status (499: the caller left).",
+            labels=["endpoint", "status"],
+        )
+        for (endpoint, status), n in sorted(self.responses.items()):
+            family.add_metric([endpoint, str(status)], n)
+        return [family]
 
     async def _not_found(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -226,6 +327,8 @@ class Gateway:
         stream = attempt.result
         assert not isinstance(stream, ProviderResponse)
         resp = web.StreamResponse(headers={**headers, **_SSE_HEADERS})
+        broken: ProviderError | None = None
+        record = True  # a caller that left, or a bug of ours, says nothing of the deployment
         try:
             await resp.prepare(request)
             assert attempt.first is not None
@@ -234,6 +337,7 @@ class Gateway:
                 async for event in stream:
                     await resp.write(event)
             except ProviderError as exc:
+                broken = exc
                 attempt.errors.append(exc)
                 attempt.outcome = exc.label
                 await resp.write(_sse_error(exc))
@@ -244,16 +348,21 @@ class Gateway:
                     "unexpected error mid-stream", request_id=headers["x-request-id"]
                 )
                 attempt.outcome = "internal"
+                record = False
                 await resp.write(_sse_error(_internal(headers["x-request-id"])))
         except ConnectionError:
             attempt.outcome = _CALLER_GONE  # nothing left to tell the caller
+            record = broken is not None
             return resp
         except asyncio.CancelledError:
             attempt.outcome = _CALLER_GONE
+            record = broken is not None
             raise
         finally:
-            await stream.aclose()
-            attempt.release()
+            try:
+                await stream.aclose()
+            finally:  # even if closing fails or is cancelled: the slot comes back, once
+                attempt.finish(broken, record=record)
         await resp.write_eof()
         return resp
 
@@ -285,11 +394,14 @@ class Gateway:
         """The one log event of a request. A caller that left is logged as 499, not an error."""
         if attempt is not None and attempt.outcome == _CALLER_GONE:
             gone = True
+        status = 499 if gone else error.status if error is not None else 200
+        key = (endpoint if endpoint in ENDPOINTS else "other", status)
+        self.responses[key] = self.responses.get(key, 0) + 1
         fields: dict[str, Any] = {
             "request_id": request_id,
             "endpoint": endpoint,
             "model": model,
-            "status": 499 if gone else error.status if error is not None else 200,
+            "status": status,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         }
         if attempt is not None:
@@ -326,6 +438,18 @@ def _internal(request_id: str) -> GatewayError:
     return GatewayError(
         f"internal error in the gateway (request id {request_id}); the gateway log has the details"
     )
+
+
+def _is_loopback(remote: str | None) -> bool:
+    if not remote:
+        return False
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return False  # a unix socket or something unexpected: not provably local
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack listener sees 127.0.0.1 as ::ffff:127.0.0.1
+    return address.is_loopback
 
 
 def _has_capacity(d: Deployment) -> bool:

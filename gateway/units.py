@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -37,6 +38,10 @@ def parse_duration(value: object) -> float:
         )
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative, got {value!r}")
+    if not math.isfinite(seconds):
+        # YAML's `.inf` and `.nan` are floats: a window, probe or deadline of infinite length
+        # would fail at start (or never fire) instead of being reported here.
+        raise ValueError(f"expected a finite duration, got {value!r}")
     return seconds
 
 

@@ -20,6 +20,16 @@ from gateway.app import build_app
 from gateway.config import parse_config
 
 
+async def _cancel_leftovers() -> None:
+    """Cancel tasks a library left on the loop (litellm's logging worker), as asyncio.run does,
+    so closing the loop destroys no pending task."""
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class ServerThread:
     """An aiohttp application served on 127.0.0.1 from a private event loop in a thread."""
 
@@ -62,6 +72,7 @@ class ServerThread:
     def stop(self) -> None:
         if self._runner is not None:
             self.call(self._runner.cleanup())
+        self.call(_cancel_leftovers())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()

@@ -91,4 +91,16 @@ class Provider(Protocol):
 
     async def send(self, call: ProviderCall) -> ProviderResponse | ProviderStream: ...
 
+    async def probe(self, kind: str, timeout: float) -> float:  # noqa: ASYNC109
+        """An active health check; the latency in seconds when it passes.
+
+        ``kind`` is ``"models"`` (list the models) or ``"completion"`` (a one-token answer, or
+        a one-word embedding for a deployment that serves only embeddings); the whole probe is
+        bounded by ``timeout`` seconds. A failure raises the same
+        :class:`gateway.errors.ProviderError` subclass the request path would raise for it.
+        (``timeout`` is a parameter, not the caller's ``asyncio.timeout``, because the provider
+        also caps its connect phase with it and reports its expiry as ``ProviderTimeout``.)
+        """
+        ...
+
     async def close(self) -> None: ...

@@ -35,6 +35,12 @@ set to 0, because litellm's OpenAI embeddings path reads ``max_retries or DEFAUL
    key nor any string of 8+ characters in ``params`` (a header token, a project key) appears
    in a message.
 
+Probes (:meth:`LiteLLMProvider.probe`): kind ``completion`` only, a one-token chat completion
+(``max_tokens=1``, one ``ping`` message) with the deployment's ``params``, or a one-word
+embedding for a deployment tagged for embeddings but not chat; bounded by the probe's
+``timeout`` alone and translated like a request. litellm has no cheap "list models" call that
+works across its providers, so kind ``models`` is a programming error (the config refuses it).
+
 Timeouts: a non-streaming call (chat or embeddings) is limited to
 ``min(call.timeout, timeouts.response)``; opening a stream and its first chunk share one budget
 of ``min(call.timeout, timeouts.first_token)`` (what opening took is taken off the first-chunk
@@ -167,6 +173,30 @@ class LiteLLMProvider:
             upstream_status=400,
             deployment=self._name,
         )
+
+    async def probe(self, kind: str, timeout: float) -> float:  # noqa: ASYNC109
+        """A one-token completion (see the module docstring): its latency in seconds, or the
+        :class:`ProviderError` a request would have raised for the same failure."""
+        if kind != "completion":
+            raise ValueError("litellm deployments support probe kind completion or none")
+        kwargs = {**self._defaults, **self._fixed, "timeout": timeout}
+        embeddings = self.deployment.supports("embeddings") and not self.deployment.supports(
+            "chat/completions"
+        )
+        if embeddings:
+            function, kwargs["input"] = self._litellm.aembedding, "ping"
+        else:
+            function = self._litellm.acompletion
+            kwargs["messages"] = [{"role": "user", "content": "ping"}]
+            kwargs["max_tokens"] = 1
+        started = time.monotonic()
+        try:
+            await self._render(await self._call(function, kwargs, timeout))
+        except ProviderError:
+            raise
+        except Exception as exc:  # as in send: nothing foreign leaves a probe
+            raise self.unexpected(exc, prefix="litellm provider failed with") from None
+        return time.monotonic() - started
 
     def _kwargs(self, call: ProviderCall, fields: tuple[str, ...]) -> dict[str, Any]:
         kwargs = dict(self._defaults)

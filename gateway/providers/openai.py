@@ -8,6 +8,16 @@ upstream too, so one id follows a request through both logs. SSE is relayed even
 through :class:`~gateway.providers.sse.SSEStream`.
 
 Foreign exceptions (aiohttp, asyncio) are translated here into the gateway's error tree.
+
+Active probes (:meth:`OpenAIProvider.probe`) use the same session, headers, query parameters and
+error translation as requests:
+
+1. ``models``: ``GET {base_url}/models``; it passes on a 2xx whose body is a JSON object.
+2. ``completion``: ``POST chat/completions`` with ``max_tokens: 1`` and one ``ping`` message, or
+   ``POST embeddings`` with ``input: "ping"`` for a deployment tagged for embeddings but not
+   chat; it passes on a 2xx that a request would accept (a ``choices`` / ``data`` list).
+3. The whole probe, connection included, is bounded by its ``timeout``; the connection alone
+   also by ``timeouts.connect``. The latency returned is the wall time of the whole exchange.
 """
 
 from __future__ import annotations
@@ -44,12 +54,12 @@ class OpenAIProvider:
         self._session = session
         self._name = deployment.name
         base = deployment.base_url.rstrip("/")
+        query = {k: v.get_secret_value() for k, v in deployment.query_params.items()} or None
         self._urls = {
-            ep: URL(f"{base}/{ep}").update_query(
-                {k: v.get_secret_value() for k, v in deployment.query_params.items()} or None
-            )
+            ep: URL(f"{base}/{ep}").update_query(query)
             for ep in ("chat/completions", "completions", "embeddings")
         }
+        self._models_url = URL(f"{base}/models").update_query(query)
         # identity: bodies are relayed as the bytes received, so they must not come compressed
         headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         for key, value in deployment.headers.items():
@@ -63,6 +73,9 @@ class OpenAIProvider:
         self._secrets = [v for v in _secret_values(deployment) if v]
         self._headers = headers
         self._stream_headers = {**headers, "Accept": "text/event-stream"}
+        self._get_headers = {k: v for k, v in headers.items() if k != "Content-Type"}
+        self._probe_endpoint = _probe_endpoint(deployment)
+        self._probe_payload = _probe_payload(self._probe_endpoint, deployment.model)
         t = deployment.timeouts
         self._connect_timeout = t.connect
         self._client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect)
@@ -117,6 +130,72 @@ class OpenAIProvider:
             raise self._translate(exc, f"no {what} within {limit:g}s") from None
         return self._stream(resp, max(first_token_deadline - loop.time(), 0.0))
 
+    async def probe(self, kind: str, timeout: float) -> float:  # noqa: ASYNC109
+        """One cheap request (see the module docstring): its latency in seconds, or the
+        :class:`ProviderError` a request would have raised for the same failure."""
+        if kind == "models":
+            endpoint, url, data, headers = "models", self._models_url, None, self._get_headers
+        elif kind == "completion":
+            endpoint, data, headers = self._probe_endpoint, self._probe_payload, self._headers
+            url = self._urls[endpoint]
+        else:
+            raise ValueError(f"unknown probe kind {kind!r} (expected models or completion)")
+        client_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=min(timeout, self._connect_timeout)
+        )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                resp = await self._session.request(
+                    "GET" if data is None else "POST",
+                    url,
+                    data=data,
+                    headers=headers,
+                    timeout=client_timeout,
+                )
+                if resp.status >= 300:
+                    raise await self._error(resp)
+                raw = await resp.read()
+                resp.release()
+        except ProviderError:
+            if resp is not None:
+                resp.release()
+            raise
+        except Exception as exc:  # translated once, here; cancellation passes through
+            if resp is not None:
+                resp.close()
+            raise self._translate(exc, f"probe got no answer within {timeout:g}s") from None
+        elapsed = loop.time() - started
+        if endpoint == "models":
+            self._check_models(raw)
+        else:
+            self._complete(endpoint, raw)
+        return elapsed
+
+    def _json_object(self, body: bytes, answered: str) -> dict[str, Any]:
+        """``body`` as a JSON object, or BadUpstreamResponse saying what it was instead."""
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise BadUpstreamResponse(
+                f"upstream answered {answered} with a body that is not JSON ({len(body)} bytes)",
+                deployment=self._name,
+            ) from None
+        if not isinstance(parsed, dict):
+            raise BadUpstreamResponse(
+                f"upstream answered {answered} with JSON that is not an object",
+                deployment=self._name,
+            )
+        return parsed
+
+    def _check_models(self, body: bytes) -> None:
+        """A models listing must be a JSON object (an error object in it counts as an error)."""
+        parsed = self._json_object(body, "/models")
+        if "error" in parsed and not isinstance(parsed.get("data"), list):
+            raise self._error_from_body(200, parsed, None)
+
     def _translate(self, exc: Exception, timeout_message: str) -> ProviderError:
         """A foreign exception from sending or reading as the gateway's error class."""
         name = self._name
@@ -146,17 +225,7 @@ class OpenAIProvider:
         )
 
     def _complete(self, endpoint: str, body: bytes) -> ProviderResponse:
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise BadUpstreamResponse(
-                f"upstream answered 200 with a body that is not JSON ({len(body)} bytes)",
-                deployment=self._name,
-            ) from None
-        if not isinstance(parsed, dict):
-            raise BadUpstreamResponse(
-                "upstream answered 200 with JSON that is not an object", deployment=self._name
-            )
+        parsed = self._json_object(body, "200")
         key = "data" if endpoint == "embeddings" else "choices"
         if not isinstance(parsed.get(key), list):
             if "error" in parsed:
@@ -236,6 +305,22 @@ class OpenAIProvider:
 
     async def close(self) -> None:
         """The shared session is closed by its owner."""
+
+
+def _probe_endpoint(deployment: OpenAIDeployment) -> str:
+    """Where a completion probe goes: embeddings for an embeddings-only deployment, else chat."""
+    if deployment.supports("embeddings") and not deployment.supports("chat/completions"):
+        return "embeddings"
+    return "chat/completions"
+
+
+def _probe_payload(endpoint: str, model: str) -> bytes:
+    """The smallest request a real upstream answers: one word in, at most one token out."""
+    if endpoint == "embeddings":
+        return orjson.dumps({"model": model, "input": "ping"})
+    return orjson.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+    )
 
 
 def _secret_values(deployment: OpenAIDeployment) -> list[str]:

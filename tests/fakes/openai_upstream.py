@@ -10,6 +10,12 @@ the connection drops), ``"reset"`` (connection dropped before any byte), ``"hang
 ``abandoned`` when the client leaves), ``("stream_delayed", before_headers, before_first_event)``,
 ``"not_json_object"``, ``"empty_object"`` (``{}`` with a 200), ``"echo_key"`` (a 400 quoting the
 Authorization header it got).
+
+``GET /v1/models`` takes steps from its own script, ``models_script`` (``"ok"`` when it is
+empty, so a gateway's background probes never use up a step meant for a completion): ``"ok"`` (a
+model list naming ``models_id``), ``("status", code, retry_after_or_None)``, ``"garbage"``,
+``"not_json_object"``, ``"echo_key"``, ``"reset"`` and ``"hang"``; it records the headers in
+``headers`` and the path with its query in ``models_requests``.
 """
 
 from __future__ import annotations
@@ -32,13 +38,48 @@ class Upstream:
     raw: list[bytes] = field(default_factory=list)
     # set when a slow stream's client went away before the stream finished
     abandoned: asyncio.Event = field(default_factory=asyncio.Event)
+    models_script: list[Any] = field(default_factory=list)  # steps for GET /v1/models
+    models_requests: list[str] = field(default_factory=list)  # GET /v1/models: path and query
+    models_id: str = "m"
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.chat)
         app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_get("/v1/models", self.models)
         return app
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        self.models_requests.append(request.path_qs)
+        self.headers.append(request.headers.copy())
+        step = self.models_script.pop(0) if self.models_script else "ok"
+        kind = step[0] if isinstance(step, tuple) else step
+        if kind == "ok":
+            model = {"id": self.models_id, "object": "model", "created": 0, "owned_by": "fake"}
+            return web.json_response({"object": "list", "data": [model]})
+        if kind == "status":
+            _, code, retry_after = step
+            headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
+            error = {"message": f"upstream says {code}", "type": "server_error"}
+            return web.json_response({"error": error}, status=code, headers=headers)
+        if kind == "garbage":
+            return web.Response(body=b"<html>oops</html>", content_type="application/json")
+        if kind == "not_json_object":
+            return web.Response(body=b"[1, 2]", content_type="application/json")
+        if kind == "echo_key":
+            return web.json_response(
+                {"error": {"message": f"denied; got {request.headers.get('Authorization')}"}},
+                status=401,
+            )
+        if kind == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
+        if kind == "hang":
+            await asyncio.sleep(60)
+            return web.Response()
+        raise AssertionError(f"unknown models step {step!r}")
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

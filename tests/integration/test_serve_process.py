@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -16,30 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gatewayproc import start_gateway
 
 UPSTREAM_KEY = "sk-upstream-very-secret-0123456789"
 CALLER_KEY = "gw-caller-secret-abcdef"
 
 
 def _start(config: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **env},
-    )
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 20
-    seen = b""
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        seen += line
-        if m := re.search(rb"listening on (http://\S+)", line):
-            return proc, m.group(1).decode()
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError(f"gateway did not start: {seen.decode(errors='replace')}")
+    return start_gateway(config, env)
 
 
 def _request(url: str, body: Any, key: str | None = CALLER_KEY) -> int:

@@ -14,13 +14,14 @@ from gateway.errors import (
     ProviderConnectionError,
     ProviderError,
     ProviderRejected,
+    ProviderTimeout,
     ProviderUnavailable,
     ProviderUnreachable,
     RateLimited,
     StreamBroken,
 )
 from gateway.executor import Deployment, execute
-from gateway.providers.base import ProviderCall, ProviderResponse
+from gateway.providers.base import ProviderCall, ProviderResponse, Usage
 
 
 class FakeProvider:
@@ -32,9 +33,14 @@ class FakeProvider:
         *script: Any,
         context_window: int | None = None,
         max_concurrency: int | None = None,
+        timeout: float = 60.0,
     ) -> None:
         self.deployment = SimpleNamespace(
-            name=name, context_window=context_window, max_concurrency=max_concurrency
+            name=name,
+            context_window=context_window,
+            max_concurrency=max_concurrency,
+            price=SimpleNamespace(input=2.0, output=8.0),
+            timeouts=SimpleNamespace(response=timeout, first_token=timeout),
         )
         self.script = list(script)
         self.calls = 0
@@ -206,7 +212,7 @@ def test_saturated_deployment_is_skipped() -> None:
 
     async def go() -> str:
         deps = [Deployment(a), Deployment(b)]  # type: ignore[arg-type]
-        deps[0].inflight = 1
+        deps[0].window.inflight = 1
         call = ProviderCall("chat/completions", {}, b"{}", False, "rid", 1)
         loop = asyncio.get_running_loop()
         attempt = await execute(deps, call, deadline=loop.time() + 1)
@@ -225,3 +231,108 @@ def test_stream_failing_before_first_event_fails_over_and_is_closed() -> None:
     assert attempt.deployment.name == "b"
     assert attempt.first == b"data: 1\n\n"
     assert isinstance(attempt.errors[0], ProviderError)
+
+
+# --- recording into the health window ------------------------------------------------------
+
+
+def test_every_attempt_is_recorded_in_its_deployments_window_by_class() -> None:
+    """Failures count under their health class; the answer counts as a success with its cost."""
+    a = FakeProvider(
+        "a",
+        ProviderConnectionError("reset", deployment="a"),
+        ProviderConnectionError("reset", deployment="a"),
+    )
+    b = FakeProvider("b", RateLimited("slow", deployment="b"))
+    c = FakeProvider("c", ProviderRejected("bad", deployment="c"))
+    attempt, deps = _run([a, b, FakeProvider("d")])
+    stats = [d.window.stats() for d in deps]
+    assert (stats[0].requests, stats[0].error_count("connection"), stats[0].successes) == (2, 2, 0)
+    assert (stats[1].requests, stats[1].error_count("rate_limited")) == (1, 1)
+    assert (stats[2].requests, stats[2].successes, stats[2].latency.mean is not None) == (
+        1,
+        1,
+        True,
+    )
+    with pytest.raises(ProviderRejected):
+        _run([c])
+    assert attempt.ttft is None
+
+
+def test_caller_error_class_and_usage_cost() -> None:
+    """A rejection counts as caller_error (not in the error rate); usage gives tokens and cost."""
+
+    async def go() -> Any:
+        rejecting = Deployment(FakeProvider("r", ProviderRejected("bad", deployment="r")))  # type: ignore[arg-type]
+        call = ProviderCall("chat/completions", {}, b"{}", False, "rid", 5.0)
+        loop = asyncio.get_running_loop()
+        with pytest.raises(ProviderRejected):
+            await execute([rejecting], call, deadline=loop.time() + 5)
+        answering = Deployment(FakeProvider("ok"))  # type: ignore[arg-type]
+        answering.succeeded(loop.time(), None, Usage(1000, 500))
+        return rejecting.window.stats(), answering.window.stats()
+
+    rejected, answered = asyncio.run(go())
+    assert (rejected.error_count("caller_error"), rejected.error_rate) == (1, 0.0)
+    assert (answered.tokens_in, answered.tokens_out) == (1000, 500)
+    assert answered.cost == pytest.approx(1000 * 2.0 / 1e6 + 500 * 8.0 / 1e6)
+
+
+def test_stream_is_recorded_when_it_finishes_not_when_it_starts() -> None:
+    """A stream's success (with its time to first token) is recorded by ``finish``; a broken
+    one as its error class; a caller who left records nothing."""
+    events: list[Any] = [b"data: 1\n\n", b"data: 2\n\n"]
+
+    async def go() -> Any:
+        deps = [Deployment(FakeProvider(n, list(events))) for n in "abc"]  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        out = []
+        for dep, how in zip(deps, ("ok", "broken", "gone"), strict=True):
+            call = ProviderCall("chat/completions", {}, b"{}", True, "rid", 5.0)
+            attempt = await execute([dep], call, deadline=loop.time() + 5)
+            assert attempt.ttft is not None and dep.window.stats().requests == 0
+            assert dep.inflight == 1
+            if how == "ok":
+                attempt.finish()
+            elif how == "broken":
+                attempt.finish(StreamBroken("cut", deployment=dep.name))
+            else:
+                attempt.finish(record=False)
+            attempt.finish()  # a second call changes nothing
+            out.append((dep.inflight, dep.window.stats()))
+        return out
+
+    ok, broken, gone = asyncio.run(go())
+    assert ok[0] == 0 and (ok[1].successes, ok[1].ttft.mean is not None) == (1, True)
+    assert ok[1].latency.mean is None  # a stream's length is not the deployment's latency
+    assert broken[0] == 0 and broken[1].error_count("stream_broken") == 1
+    assert gone[0] == 0 and gone[1].requests == 0
+
+
+def test_timeout_caused_by_the_request_deadline_is_not_held_against_the_fallback() -> None:
+    """A primary that uses up most of the deadline leaves the fallback a sliver: the fallback's
+    timeout is the deadline's doing and stays out of its window; the primary's own timeout
+    (it had its full limit) counts."""
+
+    class TimesOut(FakeProvider):
+        async def send(self, call: ProviderCall) -> Any:
+            self.calls += 1
+            wait = min(call.timeout, 0.3)
+            await asyncio.sleep(wait)
+            raise ProviderTimeout(f"no answer in {wait:.2f}s", deployment=self.deployment.name)
+
+    primary = TimesOut("primary", timeout=0.3)  # its own limit binds: counted
+    fallback = TimesOut("fallback", timeout=5.0)  # gets ~0.05 s of a 5 s limit: not counted
+
+    async def go() -> Any:
+        deps = [Deployment(primary), Deployment(fallback)]  # type: ignore[arg-type]
+        call = ProviderCall("chat/completions", {}, b"{}", False, "rid", 0.35)
+        loop = asyncio.get_running_loop()
+        with pytest.raises(NoDeploymentAvailable):
+            await execute(deps, call, deadline=loop.time() + 0.35)
+        return [d.window.stats() for d in deps]
+
+    first, second = asyncio.run(go())
+    assert (primary.calls, fallback.calls) == (1, 1)
+    assert first.error_count("timeout") == 1
+    assert second.requests == 0

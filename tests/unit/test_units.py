@@ -104,3 +104,10 @@ def test_size_must_be_positive(value: object) -> None:
     """Zero bytes (including a fraction that rounds down to zero) and negatives are refused."""
     with pytest.raises(ValueError, match="must be positive"):
         parse_size(value)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_infinite_or_nan_duration_is_refused(value: float) -> None:
+    """YAML's `.inf` / `.nan` are floats; no window, probe or deadline may be endless."""
+    with pytest.raises(ValueError, match="expected a finite duration"):
+        parse_duration(value)

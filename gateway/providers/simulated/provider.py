@@ -17,13 +17,21 @@
    generated ``readline`` so stream faults (cut, stall, malformed event, missing ``[DONE]``) are
    judged by the same code that judges real upstream streams; its first event gets what the
    first-byte wait left of the limit, later ones ``timeouts.idle`` each.
+
+``probe(kind, timeout)`` (both kinds alike) is :meth:`SimulatedProvider.send` with a tiny
+non-streaming request: ``chat/completions`` with one ``ping`` message and ``max_tokens: 1``, or
+``embeddings`` with ``input: "ping"`` for a deployment tagged for embeddings but not chat, and
+``timeout`` as the attempt's limit (capped by ``timeouts.response``, as for any request). So a
+probe meets the fault schedule exactly as a request would (outage windows, refusals, hangs,
+error statuses, latency) and counts in the simulator's stats, and in the schedule's ``after`` /
+``count`` / ``rate`` as well, as a real upstream would count a probe among its requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from gateway.errors import (
     BadUpstreamResponse,
@@ -72,6 +80,16 @@ class SimulatedProvider:
         self._first_token = deployment.timeouts.first_token
         self._response = deployment.timeouts.response
         self._idle = deployment.timeouts.idle
+        if deployment.supports("embeddings") and not deployment.supports("chat/completions"):
+            self._probe_endpoint = "embeddings"
+            self._probe_body: dict[str, Any] = {"model": deployment.model, "input": "ping"}
+        else:
+            self._probe_endpoint = "chat/completions"
+            self._probe_body = {
+                "model": deployment.model,
+                "messages": [{"role": "user", "content": "ping"}],
+                "max_tokens": 1,
+            }
         self.simulator = Simulator(
             deployment.simulated, name=deployment.name, model=deployment.model, clock=clock
         )
@@ -128,6 +146,19 @@ class SimulatedProvider:
         return ProviderResponse(
             body=answer.body, usage=Usage(answer.prompt_tokens, answer.completion_tokens)
         )
+
+    async def probe(self, kind: str, timeout: float) -> float:  # noqa: ASYNC109
+        """A tiny request through :meth:`send` (see the module docstring): its latency in
+        seconds, or the :class:`ProviderError` the schedule gives it."""
+        if kind not in ("models", "completion"):
+            raise ValueError(f"unknown probe kind {kind!r} (expected models or completion)")
+        call = ProviderCall(
+            self._probe_endpoint, self._probe_body, b"", False, "probe", max(timeout, 0.0)
+        )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self.send(call)
+        return loop.time() - started
 
     async def _wait(self, delay: float, limit: float) -> None:
         if delay > limit:

@@ -1,0 +1,25 @@
+"""The configuration reference in README.md is itself a valid configuration."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from gateway.config import parse_config
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_config_reference_is_a_valid_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = README.read_text()
+    section = text.split("## Configuration reference", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None, "the configuration reference has no yaml block"
+    for var in ("GATEWAY_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GATEWAY_ADMIN_TOKEN"):
+        monkeypatch.setenv(var, f"test-{var.lower()}")
+    config = parse_config(block.group(1), "README.md")
+    assert config.health.store == "memory"
+    assert config.admin.token is not None
+    assert {d.name for d in config.deployments} >= {"openai-main", "claude", "sim"}
