@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,8 +15,10 @@ from aiohttp import web
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.executor import Deployment
 from gateway.logs import configure, get_logger
+from gateway.policy_loader import deployment_infos, load_configured_policy, load_policy
+from gateway.policy_manager import PolicyManager
 from gateway.providers.base import DeploymentConfig, Provider
-from gateway.server import Gateway
+from gateway.server import Gateway, served_models
 from health.monitor import HealthMonitor, status_settings
 from health.probes import ProbeFn, Prober, ProbeSettings
 from health.status import StatusSettings
@@ -23,6 +26,7 @@ from health.store import MemoryStore, MetricsStore, WindowSettings
 
 EXIT_CONFIG = 2
 _SESSION_KEY = web.AppKey("upstream_session", aiohttp.ClientSession)
+GATEWAY_KEY = web.AppKey("gateway", Gateway)
 
 
 def make_provider(deployment: DeploymentConfig, session: aiohttp.ClientSession) -> Provider:
@@ -97,21 +101,49 @@ def build_monitor(config: GatewayConfig, providers: list[Provider]) -> HealthMon
     return HealthMonitor(store, prober, rules)
 
 
-async def build_app(config: GatewayConfig) -> web.Application:
-    """The aiohttp application for ``config``; upstream resources and health tasks live with it."""
+def build_policies(config: GatewayConfig) -> PolicyManager:
+    """The active policy (``policy.path``, or the config's routes) and how it reloads.
+
+    Raises :class:`ConfigError` when the policy file is invalid at start: nothing starts
+    half-configured. Later reloads keep the last good policy instead.
+    """
+    initial = load_configured_policy(config)
+    settings = config.policy
+    if settings is None:
+        return PolicyManager(initial)
+    infos = deployment_infos(config)
+    path = settings.path
+    return PolicyManager(
+        initial,
+        lambda: load_policy(path, infos),
+        watch=[Path(path)] if settings.watch else [],
+        poll_interval=settings.poll_interval,
+    )
+
+
+async def build_app(
+    config: GatewayConfig, policies: PolicyManager | None = None
+) -> web.Application:
+    """The aiohttp application for ``config``; upstream resources, health and policy tasks live
+    with it."""
+    policies = policies if policies is not None else build_policies(config)
     session = _session()
     providers = [make_provider(d, session) for d in config.deployments]
     monitor = build_monitor(config, providers)
     deployments = {
         p.deployment.name: Deployment(p, monitor.window(p.deployment.name)) for p in providers
     }
-    app = Gateway(config, deployments, monitor).app()
+    gateway = Gateway(config, deployments, monitor, policies)
+    app = gateway.app()
     app[_SESSION_KEY] = session
+    app[GATEWAY_KEY] = gateway
 
     async def start(_: web.Application) -> None:
         await monitor.start()
+        await policies.start()
 
     async def close(_: web.Application) -> None:
+        await policies.close()
         await monitor.close()
         for provider in providers:
             await provider.close()
@@ -139,8 +171,10 @@ EOF
 """
 
 
-async def _run(config: GatewayConfig, host: str, port: int, started: float) -> None:
-    app = await build_app(config)
+async def _run(
+    config: GatewayConfig, policies: PolicyManager, host: str, port: int, started: float
+) -> None:
+    app = await build_app(config, policies)
     # handler_cancellation: a caller that hangs up cancels its request, which frees the
     # deployment's concurrency slot and abandons the upstream call.
     runner = web.AppRunner(
@@ -159,7 +193,8 @@ async def _run(config: GatewayConfig, host: str, port: int, started: float) -> N
         raise SystemExit(f"gateway: cannot listen on {host}:{port}: {exc.strerror}") from None
     bound: Any = runner.addresses[0]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{bound[1]}"
-    model = sorted(config.route_table())[0]
+    # a name the active policy routes, so that the banner's example works as printed
+    model = (served_models(policies.current) or sorted(config.route_table()))[0]
     print(_banner(url, model), file=sys.stderr, flush=True)
     get_logger("gateway").info(
         "started",
@@ -171,6 +206,7 @@ async def _run(config: GatewayConfig, host: str, port: int, started: float) -> N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, policies.trigger, "SIGHUP")
     await stop.wait()
     get_logger("gateway").info("stopping", drain_timeout_s=config.server.drain_timeout)
     await runner.cleanup()
@@ -179,16 +215,20 @@ async def _run(config: GatewayConfig, host: str, port: int, started: float) -> N
 def serve(path: str, *, host: str | None = None, port: int | None = None) -> int:
     """``gateway serve``: load and validate the config, then serve until SIGINT/SIGTERM."""
     started = time.perf_counter()
+    what = "config"
     try:
         config = load_config(path)
+        what = "policy"
+        policies = build_policies(config)
     except ConfigError as exc:
-        print(f"gateway: refusing to start: {len(exc.issues)} config problem(s)", file=sys.stderr)
+        print(f"gateway: refusing to start: {len(exc.issues)} {what} problem(s)", file=sys.stderr)
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     configure(config.logging)
     asyncio.run(
         _run(
             config,
+            policies,
             host if host is not None else config.server.host,
             port if port is not None else config.server.port,
             started,

@@ -4,16 +4,23 @@
 
     gateway serve --config FILE [--host H] [--port P]    serve the OpenAI-compatible API
     gateway config check FILE                            validate a config file, serve nothing
+    gateway policy check FILE_OR_DIR [--config FILE]     validate a policy (against a config's
+                                                         deployments when one is given)
     gateway simulate [--host H] [--port P] [--faults FILE] [--model NAME]
                                                          a standalone simulated OpenAI upstream
 
-Exit status: 0 on success, 2 for a bad command line or a rejected config file.
+Exit status: 0 on success, 2 for a bad command line or a rejected config or policy file.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.yamlfile import ConfigError
 
 EXIT_CONFIG = 2
 
@@ -33,6 +40,19 @@ def _parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = config_sub.add_parser("check", help="validate a config file without serving")
     check.add_argument("file", metavar="FILE")
+
+    policy = sub.add_parser("policy", help="work with policy files")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    policy_check = policy_sub.add_parser(
+        "check", help="validate a policy file or directory without serving"
+    )
+    policy_check.add_argument("path", metavar="FILE_OR_DIR")
+    policy_check.add_argument(
+        "--config",
+        metavar="FILE",
+        help="gateway config whose deployments the policy must name (without it, deployment "
+        "names and tag selectors are not checked)",
+    )
 
     simulate = sub.add_parser(
         "simulate", help="run a standalone simulated OpenAI-compatible upstream"
@@ -56,14 +76,48 @@ def main(argv: list[str] | None = None) -> int:
         try:
             config = load_config(args.file)
         except ConfigError as exc:
-            print(f"config check failed: {len(exc.issues)} problem(s)", file=sys.stderr)
-            print(exc, file=sys.stderr)
-            return EXIT_CONFIG
+            return _rejected("config", exc)
         names = ", ".join(sorted(config.route_table()))
         print(f"{args.file}: OK ({len(config.deployments)} deployments; models: {names})")
         return 0
+    if args.command == "policy":
+        return _policy_check(args.path, args.config)
     if args.command == "simulate":
         from gateway.providers.simulated.server import run_standalone
 
         return run_standalone(host=args.host, port=args.port, faults=args.faults, model=args.model)
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects unknown commands
+
+
+def _rejected(what: str, exc: ConfigError) -> int:
+    """Print every issue of a rejected file to stderr; the exit status for it."""
+    print(f"{what} check failed: {len(exc.issues)} problem(s)", file=sys.stderr)
+    print(exc, file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def _policy_check(path: str, config_file: str | None) -> int:
+    """``gateway policy check``: the documents, and with a config their deployments too."""
+    from gateway.config import ConfigError, load_config
+    from gateway.policy_loader import deployment_infos, read_policy
+    from policies.compile import compile_policy
+
+    infos = None
+    if config_file is not None:
+        try:
+            infos = deployment_infos(load_config(config_file))
+        except ConfigError as exc:
+            return _rejected("config", exc)
+    try:
+        source = read_policy(path, infos)
+    except ConfigError as exc:
+        return _rejected("policy", exc)
+    if infos is not None:  # compiles whenever it checks clean; a failure here is a bug to see
+        compile_policy(source.documents, infos, time.time(), source.version)
+    routes = [r.name for _, doc in source.documents for r in doc.routes]
+    default = next((d.default_route for _, d in source.documents if d.default_route), None)
+    print(
+        f"{path}: OK ({len(routes)} routes: {', '.join(routes)}; default: {default or 'none'}; "
+        f"version: {source.version})"
+    )
+    return 0

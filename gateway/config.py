@@ -293,11 +293,25 @@ class AdminSettings(_Model):
     )
 
 
+class PolicySettings(_Model):
+    """Where the routing policy lives (a YAML file, or a directory of them) and whether to watch
+    it. A relative ``path`` is relative to the config file's directory; the loaded config holds
+    the resolved path."""
+
+    path: str = Field(min_length=1, description="Policy file or directory (*.yaml, *.yml).")
+    watch: bool = Field(default=True, description="Reload when the files change.")
+    poll_interval: Duration = Field(default=0.5, gt=0, description="How often to look for changes.")
+
+
 class GatewayConfig(_Model):
     server: ServerSettings = ServerSettings()
     logging: LoggingSettings = LoggingSettings()
     health: HealthSettings = HealthSettings()
     admin: AdminSettings = AdminSettings()
+    policy: PolicySettings | None = Field(
+        default=None,
+        description="A policy document to route by; without one, the `routes` table (ordered).",
+    )
     deployments: tuple[Deployment, ...]
     routes: dict[str, tuple[str, ...]] = Field(
         default_factory=dict,
@@ -389,14 +403,23 @@ def _cross_reference(data: dict[str, Any], doc: YamlDocument) -> list[ConfigIssu
 
 
 def parse_config(text: str, file: str = "<config>") -> GatewayConfig:
-    """Validate a configuration document given as text."""
-    return load_model(
+    """Validate a configuration document given as text. ``file`` also anchors a relative
+    ``policy.path`` (unless it is a placeholder such as ``<config>``: then the working
+    directory does)."""
+    config = load_model(
         GatewayConfig,
         text,
         file,
         expected="a mapping with a `deployments` list",
         cross_check=_cross_reference,
     )
+    if config.policy is not None:
+        base = "" if file.startswith("<") else os.path.dirname(file)
+        path = os.path.abspath(os.path.join(base, os.path.expanduser(config.policy.path)))
+        config = config.model_copy(
+            update={"policy": config.policy.model_copy(update={"path": path})}
+        )
+    return config
 
 
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:

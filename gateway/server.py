@@ -5,9 +5,12 @@ The request path (keep this list true):
 1. **Accept**: size limit (``server.max_body_size`` → 413), optional client auth
    (``server.api_keys``, constant-time compare → 401), parse the JSON body once with orjson (→ 400).
 2. **Describe**: :func:`gateway.validation.validate` checks the fields routing relies on and names
-   the bad one (→ 400); the client-facing ``model`` picks a route (→ 404 listing the known names).
-3. **Rank**: the route's deployments in configured order, keeping those whose tags serve the
-   endpoint (and ``stream`` for streaming requests); the policy engine replaces this step.
+   the bad one (→ 400); :func:`policies.request.describe` reads what routing needs (capabilities,
+   prompt estimate, the caller's ``x-gateway-*`` / ``"gateway"`` constraints; a bad one → 400).
+   The body's ``gateway`` key is removed before anything goes upstream.
+3. **Rank**: :func:`policies.engine.rank` on the active policy snapshot (the request keeps it to
+   the end, whatever reloads meanwhile) and the health view: route, filters, strategy → the plan
+   (no route → 404 listing the models; nothing can serve it → 400 saying why for each candidate).
 4. **Execute**: :func:`gateway.executor.execute` walks the plan under one overall deadline
    (``server.request_timeout``), retrying or failing over by error class; a stream counts as
    answered only once its first event arrived. Every attempt's outcome goes into its
@@ -17,11 +20,12 @@ The request path (keep this list true):
    ``error`` event and no ``[DONE]``: a truncated answer is never presented as complete.
 6. **Record**: a count per endpoint and status for ``/metrics``; one ``request`` log event
    (request id, model, deployment, attempts, status, latency, tokens, every failed attempt and
-   why); every response of the ``/v1`` request endpoints carries ``x-request-id`` and
-   ``x-gateway-attempts``, and ``x-gateway-deployment`` once a deployment answered or failed.
+   why); every response of the ``/v1`` request endpoints carries ``x-request-id``,
+   ``x-gateway-attempts`` and ``x-gateway-policy-version``, ``x-gateway-route`` once a route was
+   chosen, and ``x-gateway-deployment`` once a deployment answered or failed.
 
-Operators: ``GET /admin/deployments`` (status, reason, window figures, probes) and ``GET /metrics``
-(Prometheus), both behind ``admin.token`` or, without one, on loopback only.
+Operators: :mod:`gateway.admin` (deployments, policies, reload, explain, ``/metrics``), behind
+``admin.token`` or, without one, on loopback only.
 
 Anything unexpected becomes a JSON 500 naming the request id, logged with its traceback; the
 caller never sees a traceback or aiohttp's text page.
@@ -31,19 +35,17 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
-import os
-import re
+import random
 import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client.core import CounterMetricFamily, Metric
 
+from gateway.admin import Admin
 from gateway.config import GatewayConfig
 from gateway.errors import (
-    Forbidden,
     GatewayError,
     InvalidRequest,
     MethodNotAllowed,
@@ -54,17 +56,25 @@ from gateway.errors import (
     Unauthorized,
 )
 from gateway.executor import Attempt, Deployment, execute
+from gateway.http import (
+    describe_request,
+    error_response,
+    internal_error,
+    request_id_of,
+    sse_error,
+)
 from gateway.logs import get_logger
+from gateway.policy_loader import snapshot_from_routes
+from gateway.policy_manager import PolicyManager
 from gateway.providers.base import ProviderCall, ProviderResponse
 from gateway.validation import validate
 from health.monitor import HealthMonitor
 from health.probes import Prober
-from health.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from health.prometheus import registry, render
 from health.status import StatusSettings
 from health.store import MemoryStore
+from policies.engine import rank
+from policies.types import Plan, PolicySnapshot, RequestFeatures, RoutingError
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 ENDPOINTS = ("chat/completions", "completions", "embeddings")
 
@@ -77,9 +87,16 @@ class Gateway:
         config: GatewayConfig,
         deployments: dict[str, Deployment],
         monitor: HealthMonitor | None = None,
+        policies: PolicyManager | None = None,
     ) -> None:
         self.config = config
         self.deployments = deployments
+        if policies is None:  # the config's routes, in order (no policy file)
+            policies = PolicyManager(snapshot_from_routes(config))
+        self.policies = policies
+        self._inflight = _LiveInflight(deployments)
+        self._rng = random.Random()
+        self._models: tuple[str, bytes] = ("", b"")  # (policy version, GET /v1/models body)
         if monitor is None:  # embedded use and tests: the deployments' own windows, no probes
             store = MemoryStore()
             for name, dep in deployments.items():
@@ -88,34 +105,13 @@ class Gateway:
                 store, Prober(store), {name: StatusSettings() for name in deployments}
             )
         self.monitor = monitor
-        admin = config.admin.token
-        self._admin_token = admin.get_secret_value().encode() if admin is not None else None
-        self._metrics = registry(monitor, self._request_families)
         # (endpoint, status) -> responses; endpoint is one of ENDPOINTS or "other"
         self.responses: dict[tuple[str, int], int] = {}
+        self.admin = Admin(self)
         self._max_body = config.server.max_body_size
         self._timeout = config.server.request_timeout
         self._keys = [k.get_secret_value().encode() for k in config.server.api_keys]
         self._log = get_logger("gateway.request")
-        # client-facing model -> (endpoint, stream) -> ordered deployments that can serve it
-        self.routes: dict[str, dict[tuple[str, bool], list[Deployment]]] = {}
-        for name, names in config.route_table().items():
-            plans: dict[tuple[str, bool], list[Deployment]] = {}
-            for endpoint in ENDPOINTS:
-                serving = [config.deployment(d) for d in names]
-                serving = [d for d in serving if d.supports(endpoint)]
-                plans[endpoint, False] = [deployments[d.name] for d in serving]
-                plans[endpoint, True] = [deployments[d.name] for d in serving if "stream" in d.tags]
-            self.routes[name] = plans
-        self._models_body = orjson.dumps(
-            {
-                "object": "list",
-                "data": [
-                    {"id": name, "object": "model", "created": 0, "owned_by": "gateway"}
-                    for name in sorted(self.routes)
-                ],
-            }
-        )
 
     # --- application ---------------------------------------------------------------------
 
@@ -125,15 +121,14 @@ class Gateway:
             resource = app.router.add_resource(f"/v1/{endpoint}")
             resource.add_route("POST", self._handler(endpoint))
             resource.add_route("*", self._method_not_allowed)
-        for path, handler in (
-            ("/v1/models", self.models),
-            ("/healthz", self.healthz),
-            ("/readyz", self.readyz),
-            ("/metrics", self.metrics),
-            ("/admin/deployments", self.admin_deployments),
+        for method, path, handler in (
+            ("GET", "/v1/models", self.models),
+            ("GET", "/healthz", self.healthz),
+            ("GET", "/readyz", self.readyz),
+            *self.admin.routes(),
         ):
             resource = app.router.add_resource(path)
-            resource.add_route("GET", handler)
+            resource.add_route(method, handler)
             resource.add_route("*", self._method_not_allowed)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         return app
@@ -143,8 +138,24 @@ class Gateway:
             try:
                 self._authorize(request)
             except Unauthorized as exc:
-                return _error_response(exc, _request_id(request))
-        return web.Response(body=self._models_body, content_type="application/json")
+                return error_response(exc, request_id_of(request))
+        return web.Response(body=self._models_body(), content_type="application/json")
+
+    def _models_body(self) -> bytes:
+        """The client-facing names of the active policy (cached per policy version)."""
+        policy = self.policies.current
+        if self._models[0] != policy.version:
+            body = orjson.dumps(
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": name, "object": "model", "created": 0, "owned_by": "gateway"}
+                        for name in served_models(policy)
+                    ],
+                }
+            )
+            self._models = (policy.version, body)
+        return self._models[1]
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -172,75 +183,22 @@ class Gateway:
             status=status,
         )
 
-    # --- operators ----------------------------------------------------------------------
-
-    def _admin(self, request: web.Request) -> web.Response | None:
-        """An error response when ``request`` may not see admin data, else ``None``.
-
-        With ``admin.token`` set: a matching bearer token (constant-time compare). Without one:
-        only callers on loopback, so a sidecar's figures never leak off the host by default.
-        """
-        request_id = _request_id(request)
-        if self._admin_token is not None:
-            header = request.headers.get("Authorization", "")
-            token = header[7:].strip().encode() if header[:7].lower() == "bearer " else b""
-            if token and hmac.compare_digest(token, self._admin_token):
-                return None
-            error: GatewayError = Unauthorized(
-                "missing or invalid admin token: send `Authorization: Bearer <admin.token>`"
-            )
-        elif _is_loopback(request.remote):
-            return None
-        else:
-            error = Forbidden(
-                f"{request.path} answers only on loopback while admin.token is not set; "
-                "set admin.token to reach it from elsewhere"
-            )
-        self._record(request.path, request_id, None, None, error, time.perf_counter())
-        return _error_response(error, request_id)
-
-    async def admin_deployments(self, request: web.Request) -> web.Response:
-        denied = self._admin(request)
-        if denied is not None:
-            return denied
-        return web.Response(
-            body=orjson.dumps(self.monitor.report()), content_type="application/json"
-        )
-
-    async def metrics(self, request: web.Request) -> web.Response:
-        denied = self._admin(request)
-        if denied is not None:
-            return denied
-        return web.Response(
-            body=render(self._metrics), headers={"Content-Type": METRICS_CONTENT_TYPE}
-        )
-
-    def _request_families(self) -> list[Metric]:
-        family = CounterMetricFamily(
-            "llm_gateway_requests",
-            "Responses to callers by endpoint and HTTP status (499: the caller left).",
-            labels=["endpoint", "status"],
-        )
-        for (endpoint, status), n in sorted(self.responses.items()):
-            family.add_metric([endpoint, str(status)], n)
-        return [family]
-
     async def _not_found(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         error = NotFound(f"no route for {request.method} {request.path}; see GET /v1/models")
-        request_id = _request_id(request)
-        self._record(request.path, request_id, None, None, error, started)
-        return _error_response(error, request_id)
+        request_id = request_id_of(request)
+        self.record(request.path, request_id, None, None, error, started)
+        return error_response(error, request_id)
 
     async def _method_not_allowed(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        allowed = "POST" if request.path.removeprefix("/v1/") in ENDPOINTS else "GET"
+        allowed = "POST" if request.path in _POST_PATHS else "GET"
         error = MethodNotAllowed(
             f"{request.method} is not allowed on {request.path}; use {allowed}"
         )
-        request_id = _request_id(request)
-        self._record(request.path, request_id, None, None, error, started)
-        resp = _error_response(error, request_id)
+        request_id = request_id_of(request)
+        self.record(request.path, request_id, None, None, error, started)
+        resp = error_response(error, request_id)
         resp.headers["Allow"] = allowed
         return resp
 
@@ -254,11 +212,13 @@ class Gateway:
 
     async def handle(self, endpoint: str, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        request_id = _request_id(request)
+        request_id = request_id_of(request)
         model = None
         attempt: Attempt | None = None
         error: GatewayError | None = None
         gone = False  # the caller disconnected (aiohttp cancels the handler)
+        policy = self.policies.current  # this request keeps this snapshot to the end
+        route_headers = {"x-gateway-policy-version": policy.version}
         try:
             # 1. Accept
             if self._keys:
@@ -276,30 +236,24 @@ class Gateway:
             # 2. Describe
             validate(endpoint, body)
             model = body["model"]
-            route = self.routes.get(model)
-            if route is None:
-                known = ", ".join(sorted(self.routes))
-                raise ModelNotFound(
-                    f"model `{model}` is not served here; available: {known}",
-                    param="model",
-                )
+            features = describe_request(endpoint, body, len(raw), request.headers)
+            if "gateway" in body:  # the caller's routing constraints never go upstream
+                del body["gateway"]
+                raw = orjson.dumps(body)
             # 3. Rank
-            stream = body.get("stream") is True
-            plan = route[endpoint, stream]
-            if not plan:
-                what = f"streams /v1/{endpoint}" if stream else f"serves /v1/{endpoint}"
-                raise InvalidRequest(
-                    f"model `{model}` has no deployment that {what}", param="model"
-                )
+            plan = self.plan(policy, features)
+            route_headers["x-gateway-route"] = plan.route
             # 4. Execute
-            call = ProviderCall(endpoint, body, raw, stream, request_id, self._timeout)
+            call = ProviderCall(endpoint, body, raw, features.stream, request_id, self._timeout)
             loop = asyncio.get_running_loop()
-            attempt = await execute(plan, call, deadline=loop.time() + self._timeout)
+            deployments = [self.deployments[name] for name in plan.order]
+            attempt = await execute(deployments, call, deadline=loop.time() + self._timeout)
             # 5. Relay
             headers = {
                 "x-request-id": request_id,
                 "x-gateway-deployment": attempt.deployment.name,
                 "x-gateway-attempts": str(attempt.attempts),
+                **route_headers,
             }
             result = attempt.result
             if isinstance(result, ProviderResponse):
@@ -309,17 +263,17 @@ class Gateway:
             return await self._relay(request, attempt, headers)
         except GatewayError as exc:
             error = exc
-            return _error_response(exc, request_id, attempt=exc.attempts)
+            return error_response(exc, request_id, attempt=exc.attempts, extra=route_headers)
         except asyncio.CancelledError:
             gone = True
             raise
         except Exception:
             self._log.exception("unexpected error", request_id=request_id, endpoint=endpoint)
-            error = _internal(request_id)
-            return _error_response(error, request_id)
+            error = internal_error(request_id)
+            return error_response(error, request_id)
         finally:
             # 6. Record
-            self._record(endpoint, request_id, model, attempt, error, started, gone=gone)
+            self.record(endpoint, request_id, model, attempt, error, started, gone=gone)
 
     async def _relay(
         self, request: web.Request, attempt: Attempt, headers: dict[str, str]
@@ -340,7 +294,7 @@ class Gateway:
                 broken = exc
                 attempt.errors.append(exc)
                 attempt.outcome = exc.label
-                await resp.write(_sse_error(exc))
+                await resp.write(sse_error(exc))
             except ConnectionError:
                 raise  # the caller went away while we wrote: handled below
             except Exception:
@@ -349,7 +303,7 @@ class Gateway:
                 )
                 attempt.outcome = "internal"
                 record = False
-                await resp.write(_sse_error(_internal(headers["x-request-id"])))
+                await resp.write(sse_error(internal_error(headers["x-request-id"])))
         except ConnectionError:
             attempt.outcome = _CALLER_GONE  # nothing left to tell the caller
             record = broken is not None
@@ -366,6 +320,28 @@ class Gateway:
         await resp.write_eof()
         return resp
 
+    def plan(
+        self, policy: PolicySnapshot, features: RequestFeatures, *, explain: bool = False
+    ) -> Plan:
+        """The engine's plan; a request it cannot route is the caller's error (400/404)."""
+        try:
+            return rank(
+                policy,
+                features,
+                self.monitor.view(),
+                inflight=self._inflight,
+                rng=self._rng,
+                explain=explain,
+            )
+        except RoutingError as exc:
+            if exc.status == 404:
+                known = ", ".join(served_models(policy))
+                raise ModelNotFound(
+                    f"model `{features.model}` is not served here; available: {known}",
+                    param="model",
+                ) from None
+            raise InvalidRequest(exc.message, param=exc.param or "model") from None
+
     def _authorize(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
         token = header[7:].strip().encode() if header[:7].lower() == "bearer " else b""
@@ -380,7 +356,7 @@ class Gateway:
                 "server.api_keys"
             )
 
-    def _record(
+    def record(
         self,
         endpoint: str,
         request_id: str,
@@ -432,24 +408,35 @@ class Gateway:
 
 
 _CALLER_GONE = "caller_disconnected"
+_POST_PATHS = frozenset(
+    {*(f"/v1/{e}" for e in ENDPOINTS), "/admin/policies/reload", "/admin/route/explain"}
+)
 
 
-def _internal(request_id: str) -> GatewayError:
-    return GatewayError(
-        f"internal error in the gateway (request id {request_id}); the gateway log has the details"
-    )
+def served_models(policy: PolicySnapshot) -> list[str]:
+    """The client-facing names a policy routes by name (``GET /v1/models``), sorted."""
+    names: set[str] = set()
+    for route in (*policy.routes, *((policy.default,) if policy.default else ())):
+        names.update(route.match.models)
+    return sorted(names)
 
 
-def _is_loopback(remote: str | None) -> bool:
-    if not remote:
-        return False
-    try:
-        address = ipaddress.ip_address(remote)
-    except ValueError:
-        return False  # a unix socket or something unexpected: not provably local
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # a dual-stack listener sees 127.0.0.1 as ::ffff:127.0.0.1
-    return address.is_loopback
+class _LiveInflight(Mapping[str, int]):
+    """This replica's in-flight count per deployment, read live (no copy per request)."""
+
+    __slots__ = ("_deployments",)
+
+    def __init__(self, deployments: dict[str, Deployment]) -> None:
+        self._deployments = deployments
+
+    def __getitem__(self, name: str) -> int:
+        return self._deployments[name].window.inflight
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._deployments)
+
+    def __len__(self) -> int:
+        return len(self._deployments)
 
 
 def _has_capacity(d: Deployment) -> bool:
@@ -460,29 +447,3 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"the request body is larger than the limit of {limit} bytes (server.max_body_size)"
     )
-
-
-def _request_id(request: web.Request) -> str:
-    incoming = request.headers.get("x-request-id")
-    if incoming is not None and _REQUEST_ID.match(incoming):
-        return incoming
-    return os.urandom(12).hex()
-
-
-def _error_response(exc: GatewayError, request_id: str, *, attempt: int = 0) -> web.Response:
-    headers = {"x-request-id": request_id, "x-gateway-attempts": str(attempt), **exc.headers()}
-    deployment = getattr(exc, "deployment", "") or getattr(
-        getattr(exc, "last", None), "deployment", ""
-    )
-    if deployment:
-        headers["x-gateway-deployment"] = deployment
-    return web.Response(
-        status=exc.status,
-        body=orjson.dumps({"error": exc.to_openai()}),
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-def _sse_error(exc: GatewayError) -> bytes:
-    return b"data: " + orjson.dumps({"error": exc.to_openai()}) + b"\n\n"

@@ -73,9 +73,14 @@ class YamlDocument:
             line = mark.line + 1 if mark is not None else None
             problem = getattr(exc, "problem", None) or str(exc)
             raise ConfigError([ConfigIssue(file, line, "", f"invalid YAML: {problem}")]) from None
+        except RecursionError:
+            raise too_deep(file) from None
         self.issues: list[ConfigIssue] = []
         if self.root is not None:
-            self._find_duplicate_keys(self.root, (), SafeConstructor(), set())
+            try:
+                self._find_duplicate_keys(self.root, (), SafeConstructor(), set())
+            except RecursionError:
+                raise too_deep(file) from None
 
     def _find_duplicate_keys(
         self,
@@ -261,6 +266,25 @@ def load_model(
     document (references between sections). A value whose variable could not be interpolated is
     reported once, for the variable, not again by the schema.
     """
+    try:
+        return _load_model(model, text, file, expected, empty_ok, cross_check)
+    except RecursionError:
+        raise too_deep(file) from None
+
+
+def too_deep(file: str) -> ConfigError:
+    """A document nested deeper than the parser can follow (no real config is)."""
+    return ConfigError([ConfigIssue(file, None, "", "the document is nested too deeply to read")])
+
+
+def _load_model(
+    model: type[M],
+    text: str,
+    file: str,
+    expected: str,
+    empty_ok: bool,
+    cross_check: CrossCheck | None,
+) -> M:
     doc = YamlDocument(file, text)
     data = doc.data
     if data is None and empty_ok:

@@ -7,14 +7,17 @@ and what to show an operator (:meth:`report` for ``GET /admin/deployments``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
 from health.probes import Prober, ProbeSettings
+from health.snapshot import BreakerState, DeploymentView, HealthSnapshot
 from health.status import Status, StatusSettings, derive
 from health.store import MetricsStore, ProbeResult
-from health.window import Percentiles, RollingWindow, WindowStats
+from health.window import CALLER_ERROR, Percentiles, RollingWindow, WindowStats
 
 REPORTED_PROBES = 10
 
@@ -43,6 +46,8 @@ class HealthMonitor:
         self._settings = status_settings
         self._default = StatusSettings()
         self.extra: list[Callable[[str], dict[str, Any]]] = []  # more fields per deployment
+        self.breaker_state: Callable[[str], BreakerState] = lambda name: "closed"
+        self._view: HealthSnapshot | None = None
         for name in status_settings:
             store.window(name)
 
@@ -61,6 +66,32 @@ class HealthMonitor:
 
     def status(self, name: str) -> Status:
         return self.snapshot(name).status
+
+    def view(self, max_age: float = 0.1) -> HealthSnapshot:
+        """Every deployment's :class:`DeploymentView`, rebuilt at most every ``max_age``
+        seconds (requests in between share one immutable snapshot)."""
+        now = time.monotonic()
+        cached = self._view
+        if cached is not None and now - cached.taken_at < max_age:
+            return cached
+        views = {}
+        for h in self.snapshots():
+            s = h.stats
+            views[h.name] = DeploymentView(
+                name=h.name,
+                status=h.status.state,
+                reason=h.status.reason,
+                requests=s.requests - s.error_count(CALLER_ERROR),
+                error_rate=s.error_rate,
+                latency=s.latency.ewma if s.latency.ewma is not None else s.latency.p50,
+                latency_p95=s.latency.p95,
+                ttft=s.ttft.ewma if s.ttft.ewma is not None else s.ttft.p50,
+                ttft_p95=s.ttft.p95,
+                inflight=s.inflight,
+                breaker=self.breaker_state(h.name),
+            )
+        self._view = HealthSnapshot(MappingProxyType(views), now)
+        return self._view
 
     def snapshots(self, names: Iterable[str] | None = None) -> list[DeploymentHealth]:
         return [self.snapshot(n) for n in (self.names if names is None else names)]

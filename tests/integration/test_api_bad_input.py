@@ -149,7 +149,7 @@ def test_model_without_a_deployment_for_the_endpoint_is_400(url: str) -> None:
         url, {"model": "embed-model", "messages": [{"role": "user", "content": "x"}]}
     )
     assert status == 400
-    assert "no deployment that serves /v1/chat/completions" in body["error"]["message"]
+    assert "embedder: does not serve /v1/chat/completions" in body["error"]["message"]
 
 
 def test_body_over_limit_is_413(url: str) -> None:

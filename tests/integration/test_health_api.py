@@ -504,7 +504,7 @@ def _from(peer: Any, path: str, headers: dict[str, str] | None = None) -> web.Re
 
 
 async def _call(gw: Gateway, request: web.Request) -> web.Response:
-    handler = gw.admin_deployments if request.path == "/admin/deployments" else gw.metrics
+    handler = gw.admin.deployments if request.path == "/admin/deployments" else gw.admin.metrics
     return await handler(request)
 
 

@@ -963,3 +963,13 @@ def test_every_kind_of_problem_is_reported_in_one_pass(monkeypatch: pytest.Monke
         ["gw.yaml:8", "deployments[1].timeouts.connect"],
         ["gw.yaml:10", "routes.chat[1]"],
     ]
+
+
+def test_document_nested_too_deeply_is_a_config_error_not_a_traceback() -> None:
+    """A pathological document (thousands of nested lists) is reported, never a RecursionError."""
+    text = "deployments: " + "[" * 3000 + "]" * 3000
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "deep.yaml")
+    assert [str(i) for i in info.value.issues] == [
+        "deep.yaml: <document>: the document is nested too deeply to read"
+    ]

@@ -28,6 +28,7 @@ from gateway.config import (
 )
 from health.store import MemoryStore, ProbeResult
 
+ACCEPTED = "a duration such as '250ms', '30s', '2m' or a number of seconds"
 REDIS_PASSWORD = "redis-pw-DO-NOT-LEAK-93b1"
 ADMIN_TOKEN = "admin-tok-DO-NOT-LEAK-5d2e"
 ISSUE = re.compile(r"^gw\.yaml:\d+: \S+: .+$")
@@ -298,8 +299,8 @@ def test_infinite_durations_are_refused_where_they_are_written() -> None:
         THREE,
     )
     assert issues == [
-        "gw.yaml:2: health.window.bucket: expected a finite duration, got inf",
-        "gw.yaml:3: health.probes.interval: expected a finite duration, got inf",
+        f"gw.yaml:2: health.window.bucket: expected a finite duration ({ACCEPTED}), got inf",
+        f"gw.yaml:3: health.probes.interval: expected a finite duration ({ACCEPTED}), got inf",
     ]
 
 

@@ -23,3 +23,17 @@ def test_readme_config_reference_is_a_valid_config(monkeypatch: pytest.MonkeyPat
     assert config.health.store == "memory"
     assert config.admin.token is not None
     assert {d.name for d in config.deployments} >= {"openai-main", "claude", "sim"}
+
+
+def test_readme_policy_example_is_a_valid_policy(tmp_path: Path) -> None:
+    """The policy example in the README's "Routing policies" section passes the schema check."""
+    from gateway.policy_loader import read_policy
+
+    section = README.read_text().split("## Routing policies", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None, "the routing policies section has no yaml block"
+    path = tmp_path / "policy.yaml"
+    path.write_text(block.group(1))
+    source = read_policy(path)
+    ((_, document),) = source.documents
+    assert [r.name for r in document.routes] == ["premium"]
