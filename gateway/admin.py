@@ -122,7 +122,8 @@ class Admin:
                 raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
             endpoint, body, headers = _explain_input(given, request.headers)
             validate(endpoint, body)
-            size = len(orjson.dumps(body))
+            # the bare form sizes the prompt as the real request would (the caller's own bytes)
+            size = len(raw) if body is given else len(orjson.dumps(body))
             features = describe_request(endpoint, body, size, headers)
             plan = self.gw.plan(policy, features, explain=True)
         except GatewayError as exc:

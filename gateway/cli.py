@@ -116,8 +116,15 @@ def _policy_check(path: str, config_file: str | None) -> int:
         compile_policy(source.documents, infos, time.time(), source.version)
     routes = [r.name for _, doc in source.documents for r in doc.routes]
     default = next((d.default_route for _, d in source.documents if d.default_route), None)
+    count = f"{len(routes)} route{'' if len(routes) == 1 else 's'}"
     print(
-        f"{path}: OK ({len(routes)} routes: {', '.join(routes)}; default: {default or 'none'}; "
+        f"{path}: OK ({count}: {', '.join(routes)}; default: {default or 'none'}; "
         f"version: {source.version})"
     )
+    if infos is None:
+        print(
+            f"{path}: deployment names and tag selectors were not checked; pass --config with "
+            "the gateway config to check them too",
+            file=sys.stderr,
+        )
     return 0

@@ -3,13 +3,14 @@
 A request reads :attr:`PolicyManager.current` once and keeps that immutable snapshot for its
 whole life; a reload builds a new snapshot aside and swaps one reference. Reload, step by step:
 
-1. **Trigger**: the file watcher (a poll of every source file's name, size and mtime every
+1. **Trigger**: the file watcher (a poll of every source file's name, size, times and inode every
    ``poll_interval``: no dependency, and it sees edits, atomic renames, deletions and a
    directory gaining or losing files), ``SIGHUP``, or ``POST /admin/policies/reload``.
 2. **Load** in a worker thread (file reads and validation never stall the event loop): the whole
    document is validated and compiled against the deployments.
-3. **Swap** on the event loop: one attribute assignment. Requests in flight finish on the
-   snapshot they started with; the next request uses the new one.
+3. **Swap** on the event loop: index it for the engine, then one attribute assignment.
+   Requests in flight finish on the snapshot they started with; the next request uses the new
+   one.
 4. **Or keep**: an invalid, half-written or missing file (or any unexpected failure while
    loading) keeps the last good snapshot; the error goes to the log, to ``GET /admin/policies``
    (``last_error``) and to the metrics. A later change of the files triggers a new attempt, so
@@ -32,12 +33,14 @@ from gateway.yamlfile import ConfigError
 from policies.engine import prepare
 from policies.types import PolicySnapshot
 
-Fingerprint = tuple[tuple[str, int, int], ...]
+Fingerprint = tuple[tuple[str, int, int, int, int], ...]
 
 
 def fingerprint(paths: Iterable[Path]) -> Fingerprint:
-    """(name, size, mtime in ns) of every policy file under ``paths`` (missing ones omitted)."""
-    found: list[tuple[str, int, int]] = []
+    """(name, size, mtime, ctime, inode) of every policy file under ``paths`` (missing ones
+    omitted): an edit that keeps the size within one mtime tick still moves ctime, and an
+    atomic rename changes the inode."""
+    found: list[tuple[str, int, int, int, int]] = []
     for path in paths:
         files = sorted(path.iterdir()) if path.is_dir() else [path]
         for file in files:
@@ -47,7 +50,7 @@ def fingerprint(paths: Iterable[Path]) -> Fingerprint:
                 st = file.stat()
             except OSError:
                 continue
-            found.append((str(file), st.st_size, st.st_mtime_ns))
+            found.append((str(file), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
     return tuple(found)
 
 
@@ -86,13 +89,15 @@ class PolicyManager:
         if self._load is None:
             return False, "no policy file is configured (the policy comes from the config routes)"
         async with self._lock:
-            seen = fingerprint(self._watch)
+            seen = await asyncio.to_thread(fingerprint, self._watch)
             try:
-                snapshot = await asyncio.to_thread(self._load_prepared)
+                snapshot = await asyncio.to_thread(self._load)
             except ConfigError as exc:
                 return self._failed(trigger, str(exc), seen)
             except OSError as exc:
-                return self._failed(trigger, f"cannot read the policy: {exc.strerror}", seen)
+                why = exc.strerror or type(exc).__name__
+                where = f" ({exc.filename})" if exc.filename else ""
+                return self._failed(trigger, f"cannot read the policy{where}: {why}", seen)
             except Exception as exc:  # e.g. RecursionError from a deeply nested YAML document
                 self._log.exception("unexpected error loading the policy", trigger=trigger)
                 reason = f"cannot load the policy: {type(exc).__name__}: {exc}"
@@ -103,6 +108,7 @@ class PolicyManager:
             if snapshot.version == old.version:
                 self.reloads["unchanged"] += 1
                 return False, None
+            prepare(snapshot)  # on the loop: the engine's index is not shared with a thread
             self.current = snapshot
             self.reloads["ok"] += 1
             self._log.info(
@@ -113,13 +119,6 @@ class PolicyManager:
                 routes=[r.name for r in snapshot.routes],
             )
             return True, None
-
-    def _load_prepared(self) -> PolicySnapshot:
-        """Load, and index the snapshot for the engine before it serves its first request."""
-        assert self._load is not None
-        snapshot = self._load()
-        prepare(snapshot)
-        return snapshot
 
     def _failed(self, trigger: str, error: str, seen: Fingerprint) -> tuple[bool, str]:
         self._seen = seen  # retry when the files change again, not on every poll

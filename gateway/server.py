@@ -138,8 +138,16 @@ class Gateway:
             try:
                 self._authorize(request)
             except Unauthorized as exc:
-                return error_response(exc, request_id_of(request))
-        return web.Response(body=self._models_body(), content_type="application/json")
+                return error_response(exc, request_id_of(request), extra=self._version())
+        return web.Response(
+            body=self._models_body(), content_type="application/json", headers=self._version()
+        )
+
+    def _version(self, path: str = "/v1/") -> dict[str, str]:
+        """The policy-version header every ``/v1`` response carries."""
+        if path.startswith("/v1/"):
+            return {"x-gateway-policy-version": self.policies.current.version}
+        return {}
 
     def _models_body(self) -> bytes:
         """The client-facing names of the active policy (cached per policy version)."""
@@ -188,7 +196,7 @@ class Gateway:
         error = NotFound(f"no route for {request.method} {request.path}; see GET /v1/models")
         request_id = request_id_of(request)
         self.record(request.path, request_id, None, None, error, started)
-        return error_response(error, request_id)
+        return error_response(error, request_id, extra=self._version(request.path))
 
     async def _method_not_allowed(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -198,7 +206,7 @@ class Gateway:
         )
         request_id = request_id_of(request)
         self.record(request.path, request_id, None, None, error, started)
-        resp = error_response(error, request_id)
+        resp = error_response(error, request_id, extra=self._version(request.path))
         resp.headers["Allow"] = allowed
         return resp
 
@@ -270,7 +278,7 @@ class Gateway:
         except Exception:
             self._log.exception("unexpected error", request_id=request_id, endpoint=endpoint)
             error = internal_error(request_id)
-            return error_response(error, request_id)
+            return error_response(error, request_id, extra=route_headers)
         finally:
             # 6. Record
             self.record(endpoint, request_id, model, attempt, error, started, gone=gone)

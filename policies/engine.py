@@ -79,6 +79,7 @@ _SEVERITY: Mapping[str, int] = MappingProxyType(
 _UNKNOWN_SEVERITY = len(_SEVERITY)
 _STREAM = frozenset({"stream"})
 _NEUTRAL_LATENCY = 0.5  # the latency component of a candidate without a sample
+_MIN_LATENCY = 1e-6  # seconds: the floor of a latency figure
 _UNSEEN = DeploymentView("<unseen>")  # healthy, no data: any deployment missing from health
 _EMPTY: Mapping[str, float] = MappingProxyType({})
 _COMPONENT_INDEX: Mapping[str, int] = MappingProxyType({c: i for i, c in enumerate(COMPONENTS)})
@@ -86,7 +87,8 @@ _DEFAULT_RNG = random.Random()
 
 # One candidate, flattened for tuple unpacking in the hot loop: (name, context_window,
 # US dollars per prompt token, per output token, max_concurrency, quality, weight).
-_Cand = tuple[str, int | None, float, float, int | None, float, float]
+# name, context window, $/token in, $/token out, max concurrency, quality, weight, max output
+_Cand = tuple[str, int | None, float, float, int | None, float, float, int | None]
 # What the static filter depends on: (endpoint, stream flag, capabilities, request tags).
 _Shape = tuple[str, bool, frozenset[str], frozenset[str]]
 _Verdicts = tuple[Exclusion | None, ...]
@@ -106,6 +108,7 @@ class _CompiledRoute:
         "check",
         "exclude",
         "facts",
+        "match_tags",
         "max_error_rate",
         "max_price",
         "min_requests",
@@ -141,6 +144,7 @@ class _CompiledRoute:
                     info.max_concurrency or None,
                     float(c.quality),
                     float(c.weight),
+                    info.max_output_tokens,
                 )
             )
         self.cands: tuple[_Cand, ...] = tuple(cands)
@@ -161,6 +165,7 @@ class _CompiledRoute:
         self.min_requests = k.min_requests
         self.exclude = k.exclude_statuses
         self.require_tags = k.require_tags
+        self.match_tags = route.match.tags
         self.out_tokens = route.default_output_tokens
         self.check = _matcher(route.match)
 
@@ -169,7 +174,8 @@ class _CompiledRoute:
         endpoint, stream, caps, tags = shape
         stream = stream or "stream" in caps
         needs = caps - _STREAM
-        want = self.require_tags | tags
+        # The caller's tags a route matched on chose the route; the others filter candidates.
+        want = self.require_tags | (tags - self.match_tags)
         verdicts: list[Exclusion | None] = []
         for name, have, endpoints in self.facts:
             if endpoint not in endpoints:
@@ -325,7 +331,8 @@ def rank(
     shape = (request.endpoint, request.stream, caps, constraints.tags)
     verdicts = cr.verdicts.get(shape) or cr.judge(shape)
     prompt = request.prompt_tokens
-    out = request.max_output_tokens or cr.out_tokens
+    asked_out = request.max_output_tokens
+    out = asked_out or cr.out_tokens
     context_needed = prompt + out
     max_price = cr.max_price
     asked = constraints.max_price
@@ -350,9 +357,12 @@ def rank(
         if verdict is not None:
             excluded.append(verdict)
             continue
-        name, ctx, per_in, per_out, _, _, _ = cand
+        name, ctx, per_in, per_out, _, _, _, max_out = cand
         if ctx is not None and ctx < context_needed:
             excluded.append(Exclusion(name, f"context window {ctx} < {context_needed} tokens"))
+            continue
+        if asked_out is not None and max_out is not None and asked_out > max_out:
+            excluded.append(Exclusion(name, f"max_tokens {asked_out} > its max output {max_out}"))
             continue
         price = prompt * per_in + out * per_out
         if max_price is not None and price > max_price:
@@ -361,6 +371,8 @@ def rank(
             continue
         view = views.get(name) or _UNSEEN
         latency = view.ttft if stream else view.latency
+        if latency is not None and latency < _MIN_LATENCY:
+            latency = _MIN_LATENCY  # a 0 s figure must not make everyone else "as fast"
         status = view.status
         if status in exclude:
             reason = f"status {status}: {view.reason}"
@@ -414,8 +426,14 @@ def rank(
             if at is not None:
                 override[at] = float(value)
         weights = (override[0], override[1], override[2], override[3], override[4])
+    total = sum(weights)
+    if not math.isfinite(total):  # huge weights: keep their proportions, never inf * 0 = NaN
+        top = max(weights)
+        weights = tuple(  # type: ignore[assignment]
+            (1.0 if w == top else 0.0) if top == math.inf else w / top for w in weights
+        )
+        total = sum(weights)
     w_lat, w_err, w_load, w_price, w_qual = weights
-    total = w_lat + w_err + w_load + w_price + w_qual
     scale = 1.0 / total if total > 0 else 0.0
 
     names: list[str] = []
@@ -426,7 +444,7 @@ def rank(
     shares: list[float] = []
     components: list[Mapping[str, float]] = []
     for cand, view, price, latency in pool:
-        name, _, _, _, cap, quality, share = cand
+        name, _, _, _, cap, quality, share, _ = cand
         if latency is None:
             c_lat = _NEUTRAL_LATENCY
             latency = NO_DATA

@@ -12,10 +12,13 @@ Algorithm:
    ``json``. For ``chat/completions`` only, one pass over ``messages`` that stops at the first
    image: a content part typed ``image_url``/``input_image``/``image`` (or carrying an
    ``image_url``/``image`` key) → ``vision``; the last message's role ``assistant`` → ``prefill``.
-3. ``prompt_tokens`` ≈ ⌈raw body bytes / 4⌉: no tokenizer, one division. English text runs about
-   four bytes a token and JSON punctuation, field names and tool schemas add bytes, so for most
-   requests the estimate leans high (the safe side for context-window and price limits); text
-   in scripts that take several UTF-8 bytes per token-sized character (CJK) can run under it.
+3. ``prompt_tokens`` ≈ ⌈raw body bytes / 4⌉: no tokenizer, one division. English text runs
+   about four bytes a token and JSON punctuation, field names and tool schemas add bytes, so
+   for most requests the estimate leans high (the safe side for context-window and price
+   limits); text in scripts that take several UTF-8 bytes per token-sized character (CJK) can
+   run under it. A vision request takes one more pass: inline ``data:`` image URLs leave the
+   byte count and each image counts :data:`IMAGE_TOKENS` instead (a 1 MB image must not read
+   as 350,000 tokens).
 4. ``max_output_tokens``: ``max_completion_tokens`` else ``max_tokens``, when a positive integer;
    anything else is ignored here (:mod:`gateway.validation` already rejects non-integers).
 5. ``metadata``: the string→string entries of ``body.metadata`` when it is an object; other
@@ -44,7 +47,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeGuard
 
@@ -71,6 +74,9 @@ _CAPABILITY_SETS: tuple[frozenset[str], ...] = tuple(
     frozenset(name for bit, name in _BITS if mask & bit) for mask in range(32)
 )
 _IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
+# What one image costs in prompt tokens, roughly (a high-detail 1024 px image is ~765-1,100 for
+# the common providers); enough for context-window and price estimates.
+IMAGE_TOKENS = 1100
 _JSON_FORMATS = frozenset({"json_object", "json_schema"})
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -126,6 +132,14 @@ def describe(
                         mask |= _VISION
                         break
 
+    # 3. Size: bytes / 4, with inline images counted as images, not as base64 text.
+    size = raw_size
+    images = 0
+    if mask & _VISION:
+        images, inline = _images(body.get("messages"))
+        size = max(0, size - inline)
+    prompt_tokens = (size + 3) // 4 + images * IMAGE_TOKENS if size > 0 or images else 0
+
     # 4. Output limit: the newer field first.
     max_output = body.get("max_completion_tokens")
     if type(max_output) is not int or max_output <= 0:
@@ -167,7 +181,7 @@ def describe(
         endpoint=endpoint,
         stream=stream,
         capabilities=_CAPABILITY_SETS[mask],
-        prompt_tokens=(raw_size + 3) // 4 if raw_size > 0 else 0,
+        prompt_tokens=prompt_tokens,
         max_output_tokens=max_output,
         headers=HeaderView(headers),
         metadata=metadata,
@@ -175,7 +189,7 @@ def describe(
     )
 
 
-def _has_image(parts: list[Any]) -> bool:
+def _has_image(parts: Sequence[Any]) -> bool:
     for part in parts:
         if isinstance(part, dict):
             kind = part.get("type")
@@ -186,6 +200,28 @@ def _has_image(parts: list[Any]) -> bool:
             ):
                 return True
     return False
+
+
+def _images(messages: Any) -> tuple[int, int]:
+    """(image parts, bytes of inline ``data:`` image URLs) in ``messages`` (vision requests only:
+    a second, complete pass, so base64 never counts as prompt text)."""
+    count = inline = 0
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if not isinstance(part, dict) or not _has_image((part,)):
+                continue
+            count += 1
+            url = part.get("image_url")
+            if isinstance(url, dict):
+                url = url.get("url")
+            if url is None:
+                url = part.get("image")
+            if isinstance(url, str) and url.startswith("data:"):
+                inline += len(url)
+    return count, inline
 
 
 class HeaderView(Mapping[str, str]):

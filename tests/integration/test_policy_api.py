@@ -294,6 +294,19 @@ def test_models_lists_the_policy_client_facing_names(policy_gateway: Any) -> Non
     assert ids == ["chat", "premium", "scored"]
 
 
+def test_every_v1_response_carries_the_policy_version(policy_gateway: Any) -> None:
+    """/v1/models, an unknown /v1 path (404) and a wrong method (405) carry the version too."""
+    gw = policy_gateway(SIM_CONFIG, SIM_POLICY)
+    version = _version(gw.policy_file)
+    for resp in (
+        httpx.get(f"{gw.url}/v1/models", timeout=5),
+        httpx.get(f"{gw.url}/v1/nope", timeout=5),
+        httpx.get(f"{gw.url}/v1/chat/completions", timeout=5),
+    ):
+        assert resp.headers["x-gateway-policy-version"] == version, resp.status_code
+    assert "x-gateway-policy-version" not in httpx.get(f"{gw.url}/healthz", timeout=5).headers
+
+
 # --- per-request constraints ------------------------------------------------------------------
 
 

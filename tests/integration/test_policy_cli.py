@@ -95,7 +95,11 @@ def test_deployment_names_are_checked_only_with_a_config(tmp_path: Path) -> None
     """Without --config an unknown deployment cannot be known; with it, exit 2."""
     policy = tmp_path / "p.yaml"
     policy.write_text("routes:\n  - name: r\n    candidates: [{tags: [gpu]}]\n", encoding="utf-8")
-    assert _check(policy).returncode == 0
+    unchecked = _check(policy)
+    assert unchecked.returncode == 0
+    assert "deployment names and tag selectors were not checked; pass --config" in (
+        unchecked.stderr
+    )
     result = _check(policy, "--config", DEMO_CONFIG)
     assert result.returncode == 2
     assert f"{policy}:3: routes[0].candidates[0].tags: route `r` candidate 0: no deployment " in (

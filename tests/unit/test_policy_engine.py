@@ -900,3 +900,54 @@ def test_plan_carries_route_version_and_resilience() -> None:
         resilience=resilience,
     )
     assert 0.0 <= plan.scored[0].score <= 1.0
+
+
+# --- review fixes ----------------------------------------------------------------------------
+
+
+def test_huge_request_weights_keep_scores_finite_and_proportional() -> None:
+    """Weights whose sum overflows (1e308 each) are rescaled, never inf * 0 = NaN."""
+    cands = [dep("a", quality=0.9), dep("b", quality=0.1)]
+    huge = {"quality": 1e308, "latency": 1e308, "load": 1e308}
+    plan = rank(
+        policy(route("r", cands)),
+        request(weights=huge),
+        health(),
+        rng=random.Random(1),
+        explain=True,
+    )
+    assert all(0.0 <= s.score <= 1.0 for s in plan.scored)
+    assert plan.order == ("a", "b")
+
+
+def test_tags_a_route_matched_on_do_not_also_filter_its_candidates() -> None:
+    """A route chosen by the caller's tag `premium` keeps candidates that lack that tag; the
+    caller's other tags still filter."""
+    premium = route(
+        "premium",
+        [dep("a", tags={"chat", "stream", "eu"}), dep("b", tags={"chat", "stream"})],
+        match=Match(models=frozenset({MODEL}), tags=frozenset({"premium"})),
+    )
+    plan = rank(policy(premium), request(tags={"premium"}), health(), rng=random.Random(1))
+    assert set(plan.order) == {"a", "b"}
+    plan = rank(policy(premium), request(tags={"premium", "eu"}), health(), rng=random.Random(1))
+    assert plan.order == ("a",) and reasons(plan) == {"b": "missing tags eu"}
+
+
+def test_max_tokens_above_a_deployments_max_output_excludes_it() -> None:
+    small = Candidate(DeploymentInfo("small", tags=ALL_TAGS, max_output_tokens=4096))
+    plan = plan_for([small, dep("big")], req=request(max_out=8000))
+    assert plan.order == ("big",)
+    assert reasons(plan) == {"small": "max_tokens 8000 > its max output 4096"}
+
+
+def test_a_zero_latency_figure_does_not_make_slower_candidates_score_as_fast() -> None:
+    plan = rank(
+        policy(route("r", [dep("a"), dep("b")], weights=ONLY["latency"])),
+        request(),
+        health(view("a", latency=0.0), view("b", latency=1.0)),
+        rng=random.Random(1),
+        explain=True,
+    )
+    scores = {s.name: s.components["latency"] for s in plan.scored}
+    assert scores["a"] == 1.0 and scores["b"] < 0.001

@@ -166,7 +166,7 @@ def test_fingerprint_of_a_directory_lists_policy_files_only(tmp_path: Path) -> N
     (tmp_path / "a.yml").write_text("y")
     (tmp_path / "notes.txt").write_text("z")
     (tmp_path / "sub").mkdir()
-    names = [Path(name).name for name, _, _ in fingerprint([tmp_path])]
+    names = [Path(entry[0]).name for entry in fingerprint([tmp_path])]
     assert names == ["a.yml", "b.yaml"]
     assert fingerprint([tmp_path / "missing.yaml"]) == ()
 
