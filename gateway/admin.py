@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unauthorized
+from gateway.errors import Forbidden, GatewayError, InvalidRequest, NotFound, Unauthorized
 from gateway.http import describe_request, error_response, request_id_of
 from gateway.validation import validate
 from health.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -39,7 +39,11 @@ class Admin:
         self.gw = gw
         token = gw.config.admin.token
         self._token = token.get_secret_value().encode() if token is not None else None
-        self._registry = registry(gw.monitor, self._request_families, gw.policies.metrics)
+        extra = [self._request_families, gw.policies.metrics]
+        if gw.resilience.breakers is not None:
+            extra.append(gw.resilience.breakers.metrics)
+        extra.append(self._retry_families)
+        self._registry = registry(gw.monitor, *extra)
 
     def routes(self) -> list[tuple[str, str, Any]]:
         """(method, path, handler) of every operator route."""
@@ -49,6 +53,7 @@ class Admin:
             ("GET", "/admin/policies", self.policies),
             ("POST", "/admin/policies/reload", self.reload),
             ("POST", "/admin/route/explain", self.explain),
+            ("POST", "/admin/deployments/{name}/breaker", self.force_breaker),
         ]
 
     def denied(self, request: web.Request) -> web.Response | None:
@@ -133,6 +138,37 @@ class Admin:
             _explain_body(plan, features, self.gw.monitor.view()), headers=extra, dumps=_dumps
         )
 
+    async def force_breaker(self, request: web.Request) -> web.Response:
+        """``{"mode": "open" | "closed" | "drained" | "auto"}``: an operator's override of one
+        deployment's breaker (``auto`` hands it back to the automatic rules, closed)."""
+        denied = self.denied(request)
+        if denied is not None:
+            return denied
+        request_id = request_id_of(request)
+        name = request.match_info["name"]
+        breakers = self.gw.resilience.breakers
+        try:
+            if breakers is None or name not in self.gw.deployments:
+                known = ", ".join(sorted(self.gw.deployments))
+                raise NotFound(f"no deployment `{name}`; known: {known}")
+            try:
+                given = orjson.loads(await request.read())
+            except orjson.JSONDecodeError as exc:
+                raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+            mode = given.get("mode") if isinstance(given, dict) else None
+            if mode not in ("open", "closed", "drained", "auto"):
+                raise InvalidRequest(
+                    'send {"mode": "open" | "closed" | "drained" | "auto"}', param="mode"
+                )
+            breakers.force(name, mode)
+        except GatewayError as exc:
+            return error_response(exc, request_id)
+        return web.json_response(
+            {"deployment": name, **breakers.admin(name)},
+            headers={"x-request-id": request_id},
+            dumps=_dumps,
+        )
+
     async def metrics(self, request: web.Request) -> web.Response:
         denied = self.denied(request)
         if denied is not None:
@@ -140,6 +176,15 @@ class Admin:
         return web.Response(
             body=render(self._registry), headers={"Content-Type": METRICS_CONTENT_TYPE}
         )
+
+    def _retry_families(self) -> list[Metric]:
+        budget = self.gw.resilience.budget
+        exhausted = CounterMetricFamily(
+            "llm_gateway_retry_budget_exhausted",
+            "Retries the retry budget refused (an outage must not become a retry storm).",
+        )
+        exhausted.add_metric([], budget.exhausted if budget is not None else 0)
+        return [exhausted]
 
     def _request_families(self) -> list[Metric]:
         family = CounterMetricFamily(

@@ -12,12 +12,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway.breakers import Breakers, BreakerSettings, BreakerTransition
 from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.executor import Deployment
+from gateway.executor import Deployment, Resilience
 from gateway.logs import configure, get_logger
 from gateway.policy_loader import deployment_infos, load_configured_policy, load_policy
 from gateway.policy_manager import PolicyManager
 from gateway.providers.base import DeploymentConfig, Provider
+from gateway.retrying import RetryBudget, RetrySettings
 from gateway.server import Gateway, served_models
 from health.monitor import HealthMonitor, status_settings
 from health.probes import ProbeFn, Prober, ProbeSettings
@@ -121,6 +123,48 @@ def build_policies(config: GatewayConfig) -> PolicyManager:
     )
 
 
+def build_resilience(config: GatewayConfig, monitor: HealthMonitor) -> Resilience:
+    """Breakers (fed by probes, shown in the health view and /admin/deployments, their trips
+    published to the fleet), the retry budget and the retry defaults."""
+    r = config.resilience
+    breakers = Breakers(BreakerSettings.from_mapping(r.breaker))
+    for name in monitor.names:
+        breakers.get(name)
+    monitor.breaker_state = breakers.state
+    monitor.extra.append(breakers.admin)
+    monitor.prober.on_result = breakers.on_probe
+    store = monitor.store
+
+    def publish(t: BreakerTransition) -> None:
+        if t.new == "open" and not t.remote and t.open_until is not None:
+            store.publish_trip(t.name, time.time() + (t.open_until - t.at), t.reason)
+
+    breakers.on_change.append(publish)
+    b = r.retry_budget
+    return Resilience(
+        breakers=breakers,
+        budget=RetryBudget(ratio=b.ratio, min_per_second=b.min_per_second, window=b.window),
+        retry=RetrySettings.from_mapping(r.retry),
+    )
+
+
+async def _follow_trips(monitor: HealthMonitor, resilience: Resilience, interval: float) -> None:
+    """Open this replica's breakers for trips other replicas published (Redis mode)."""
+    assert resilience.breakers is not None
+    breakers = resilience.breakers
+    log = get_logger("gateway.breaker")
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            now, wall = time.monotonic(), time.time()
+            for name, (until, reason, replica) in monitor.store.remote_trips().items():
+                if until > wall and name in monitor.names:
+                    breaker = breakers.get(name)
+                    breaker.remote_open(now + (until - wall), f"{reason} (replica {replica})", now)
+        except Exception:  # never let the follower die
+            log.exception("breaker trip follower error")
+
+
 async def build_app(
     config: GatewayConfig, policies: PolicyManager | None = None
 ) -> web.Application:
@@ -133,16 +177,24 @@ async def build_app(
     deployments = {
         p.deployment.name: Deployment(p, monitor.window(p.deployment.name)) for p in providers
     }
-    gateway = Gateway(config, deployments, monitor, policies)
+    resilience = build_resilience(config, monitor)
+    gateway = Gateway(config, deployments, monitor, policies, resilience)
     app = gateway.app()
     app[_SESSION_KEY] = session
     app[GATEWAY_KEY] = gateway
+    trips: list[asyncio.Task[None]] = []
 
     async def start(_: web.Application) -> None:
         await monitor.start()
         await policies.start()
+        if config.health.store == "redis" and resilience.breakers is not None:
+            interval = config.health.redis.flush_interval
+            trips.append(asyncio.create_task(_follow_trips(monitor, resilience, interval)))
 
     async def close(_: web.Application) -> None:
+        for task in trips:
+            task.cancel()
+        await asyncio.gather(*trips, return_exceptions=True)
         await policies.close()
         await monitor.close()
         for provider in providers:

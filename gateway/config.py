@@ -285,6 +285,46 @@ class HealthSettings(_Model):
     probes: ProbeDefaults = ProbeDefaults()
 
 
+class RetryBudgetSettings(_Model):
+    """Retries allowed over ``window``: ``ratio`` of the requests, plus ``min_per_second``."""
+
+    ratio: float = Field(default=0.2, ge=0)
+    min_per_second: float = Field(default=1.0, ge=0)
+    window: Duration = Field(default=10.0, gt=0)
+
+
+class ResilienceSettings(_Model):
+    """Defaults for every route (a policy's ``retry:`` section overrides per route)."""
+
+    retry: dict[str, Any] = Field(
+        default_factory=dict,
+        description="max_attempts, base_delay, max_delay, retry_after_cap, "
+        "same_deployment_retries.",
+    )
+    breaker: dict[str, Any] = Field(
+        default_factory=dict,
+        description="consecutive_failures, failure_rate, min_volume, open_for, open_max, "
+        "backoff, jitter, half_open_trials, close_after.",
+    )
+    retry_budget: RetryBudgetSettings = RetryBudgetSettings()
+
+    @field_validator("retry")
+    @classmethod
+    def _retry(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from gateway.retrying import RetrySettings
+
+        RetrySettings.from_mapping(value)
+        return value
+
+    @field_validator("breaker")
+    @classmethod
+    def _breaker(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from gateway.breakers import BreakerSettings
+
+        BreakerSettings.from_mapping(value)
+        return value
+
+
 class AdminSettings(_Model):
     token: Secret | None = Field(
         default=None,
@@ -308,6 +348,7 @@ class GatewayConfig(_Model):
     logging: LoggingSettings = LoggingSettings()
     health: HealthSettings = HealthSettings()
     admin: AdminSettings = AdminSettings()
+    resilience: ResilienceSettings = ResilienceSettings()
     policy: PolicySettings | None = Field(
         default=None,
         description="A policy document to route by; without one, the `routes` table (ordered).",

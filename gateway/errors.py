@@ -34,6 +34,8 @@ server renders the OpenAI-shaped body ``{"error": {"message", "type", "param", "
 from __future__ import annotations
 
 import enum
+import math
+import re
 from typing import Any
 
 
@@ -330,17 +332,51 @@ def error_for_status(
 
 
 def parse_retry_after(headers: Any) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` / ``retry-after`` (seconds; HTTP dates ignored)."""
-    value = headers.get("retry-after-ms")
-    if value is not None:
+    """Seconds to wait, from the first of these a response carries in a form we read:
+
+    1. ``retry-after-ms`` (milliseconds);
+    2. ``retry-after`` (seconds; HTTP dates are ignored);
+    3. the larger of ``x-ratelimit-reset-requests`` and ``x-ratelimit-reset-tokens`` (OpenAI's
+       Go-style durations such as ``"20ms"``, ``"1s"``, ``"6m0s"``, ``"1m30.5s"``, or plain
+       seconds): the time until the exhausted limit refills.
+    """
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
         try:
-            return max(0.0, float(value) / 1000.0)
+            seconds = float(value) * scale
         except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
+            continue
+        if math.isfinite(seconds):  # "inf" would reach the caller's Retry-After header
+            return max(0.0, seconds)
+    resets = [
+        reset
+        for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+        if (reset := _reset_seconds(headers.get(name))) is not None
+    ]
+    return max(resets) if resets else None
+
+
+_RESET_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
+_RESET_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def _reset_seconds(value: object) -> float | None:
+    """Seconds of an ``x-ratelimit-reset-*`` value (``"6m0s"``, ``"20ms"``, ``"2.5"``), or
+    ``None`` when it is missing or not in a form we read."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pos, seconds = 0, 0.0
+        for part in _RESET_PART.finditer(text):
+            if part.start() != pos:
+                return None
+            seconds += float(part.group(1)) * _RESET_UNITS[part.group(2)]
+            pos = part.end()
+        if pos == 0 or pos != len(text):
             return None
-    return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None

@@ -20,9 +20,11 @@ once its first event has arrived, so a failure before the first chunk fails over
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from gateway.breakers import Breakers
 from gateway.errors import (
     Action,
     ContextLengthExceeded,
@@ -39,6 +41,7 @@ from gateway.providers.base import (
     ProviderStream,
     Usage,
 )
+from gateway.retrying import RetryBudget, RetrySettings, retrying
 from health.window import RollingWindow
 
 E = TypeVar("E", bound=GatewayError)
@@ -119,6 +122,11 @@ class Attempt:
     outcome: str | None = None  # set when a stream did not end well (error label)
     started: float = 0.0  # loop.time() when this attempt was sent
     ttft: float | None = None  # seconds to a stream's first event
+    # For a stream's continuation after it broke mid-way (gateway.continuation): the plan's
+    # deployments after this one, in order; the call; the request's deadline (loop.time()).
+    rest: list[Deployment] = field(default_factory=list)
+    call: ProviderCall | None = None
+    deadline: float = 0.0
     _released: bool = False
 
     def release(self) -> None:
@@ -141,75 +149,214 @@ class Attempt:
             self.deployment.failed(error, usage)
 
 
-async def execute(plan: list[Deployment], call: ProviderCall, *, deadline: float) -> Attempt:
-    """Try the plan in order under ``deadline`` (a ``loop.time()`` value)."""
-    loop = asyncio.get_running_loop()
-    attempts = 0
-    errors: list[ProviderError] = []
-    min_context: int | None = None
-    fair_share = (deadline - loop.time()) / 2  # see _short_changed
-    for dep in plan:
+@dataclass(slots=True)
+class Resilience:
+    """What one gateway shares across requests: breakers, the retry budget, retry defaults."""
+
+    breakers: Breakers | None = None
+    budget: RetryBudget | None = None
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    rng: random.Random = field(default_factory=random.Random)
+
+
+_NO_RESILIENCE = Resilience(retry=RetrySettings(max_attempts=64, same_deployment_retries=1))
+
+
+class _Walk:
+    """Which deployment each attempt goes to (see :func:`execute`, steps 1-3)."""
+
+    __slots__ = ("breakers", "current", "min_context", "plan", "pushed_back", "retry", "tried")
+
+    def __init__(
+        self, plan: list[Deployment], breakers: Breakers | None, retry: RetrySettings
+    ) -> None:
+        self.plan = plan
+        self.breakers = breakers
+        self.retry = retry
+        self.tried: dict[str, int] = {}
+        self.pushed_back: set[str] = set()  # 429 / 503 / 529 with no pause, or one we can wait
+        self.min_context: int | None = None
+        self.current: Deployment | None = self._fresh()
+
+    def _usable(self, dep: Deployment) -> bool:
         if (
-            min_context is not None
+            self.min_context is not None
             and dep.context_window is not None
-            and dep.context_window <= min_context
+            and dep.context_window <= self.min_context
         ):
-            continue
+            return False
         if dep.max_concurrency is not None and dep.inflight >= dep.max_concurrency:
-            errors.append(
-                ProviderUnavailable(
-                    f"at its max_concurrency ({dep.max_concurrency})", deployment=dep.name
-                )
-            )
-            continue
-        tries_here = 0
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise _exhausted(errors, attempts, deadline_hit=True)
-            attempts += 1
-            tries_here += 1
-            call.timeout = remaining
-            window = dep.window
-            window.inflight += 1
-            started = loop.time()
-            try:
-                result = await dep.provider.send(call)
-                first = None
-                if not isinstance(result, ProviderResponse):
-                    try:
-                        first = await anext(aiter(result))
-                    except BaseException:
-                        await result.aclose()
-                        raise
-            except ProviderError as exc:
-                window.inflight -= 1
-                if not _short_changed(exc, dep, call.stream, remaining, fair_share):
-                    dep.failed(exc)
-                errors.append(exc)
-                action = exc.action
-                if action is Action.DONT_RETRY or action is Action.CALLER_ERROR:
-                    _stamped(exc, attempts, errors)
-                    raise
-                if action is Action.FAIL_OVER_LARGER_CONTEXT:
-                    min_context = max(min_context or 0, dep.context_window or 0)
+            return False
+        return self.breakers is None or self.breakers.state(dep.name) not in BLOCKED
+
+    def _fresh(self) -> Deployment | None:
+        for dep in self.plan:
+            if dep.name not in self.tried and self._usable(dep):
+                return dep
+        return None
+
+    def next(self, error: ProviderError) -> str | None:
+        """The deployment after ``error`` (tenacity's ``choose_next``; reserves nothing)."""
+        dep = self.current
+        assert dep is not None
+        action = error.action
+        if action is Action.FAIL_OVER_LARGER_CONTEXT:
+            self.min_context = max(self.min_context or 0, dep.context_window or 0)
+        if error.upstream_status in (429, 503, 529) and (
+            error.retry_after is None or error.retry_after <= self.retry.retry_after_cap
+        ):
+            # it may be tried again once everything else was: after its pause, or a backoff;
+            # a pause longer than retry_after_cap is not worth waiting for
+            self.pushed_back.add(dep.name)
+        choice: Deployment | None = None
+        if (
+            action is Action.RETRY_SAME
+            and self.tried.get(dep.name, 0) <= self.retry.same_deployment_retries
+            and self._usable(dep)
+        ):
+            choice = dep
+        if choice is None:
+            choice = self._fresh()
+        if choice is None:  # every deployment tried: one that only asked for a pause may wait
+            for candidate in self.plan:
+                if candidate.name in self.pushed_back and self._usable(candidate):
+                    choice = candidate
                     break
-                if action is Action.RETRY_SAME and tries_here < 2:
-                    continue
-                break
-            except BaseException:
-                window.inflight -= 1
-                raise
-            if first is None:
-                assert isinstance(result, ProviderResponse)
-                dep.succeeded(started, None, result.usage)
-                return Attempt(dep, result, attempts, None, errors, started=started)
-            ttft = loop.time() - started
-            return Attempt(dep, result, attempts, first, errors, started=started, ttft=ttft)
-    last = errors[-1] if errors else None
-    if isinstance(last, ContextLengthExceeded):
-        raise _stamped(last, attempts, errors)
-    raise _exhausted(errors, attempts, deadline_hit=False)
+        self.current = choice
+        return choice.name if choice is not None else None
+
+
+async def execute(
+    plan: list[Deployment],
+    call: ProviderCall,
+    *,
+    deadline: float,
+    resilience: Resilience | None = None,
+    retry: RetrySettings | None = None,
+) -> Attempt:
+    """Try the plan under ``deadline`` (a ``loop.time()`` value); see the module docstring.
+
+    1. The first attempt goes to the first deployment of the plan that is usable: context large
+       enough (after a context-length failure), below its ``max_concurrency``, breaker not
+       open / forced open / drained.
+    2. After a retryable failure, the next attempt goes to the same deployment for a
+       retry-same error (up to ``same_deployment_retries`` times), else to the next usable
+       deployment not yet tried, else to one that asked for a pause (``Retry-After``).
+    3. The tenacity chain (:func:`gateway.retrying.retrying`) decides whether and when:
+       immediately for a fresh deployment, after the requested pause or a full-jitter backoff
+       otherwise, never past the deadline, ``max_attempts`` or the retry budget.
+    4. Each attempt asks the deployment's breaker for a permit, is recorded in its health
+       window and breaker (a cancellation or caller error never counts against it), and after
+       a failure the breaker also judges the window's failure rate.
+    """
+    res = resilience if resilience is not None else _NO_RESILIENCE
+    settings = retry if retry is not None else res.retry
+    loop = asyncio.get_running_loop()
+    breakers = res.breakers
+    if res.budget is not None:
+        res.budget.record_request()
+    walk = _Walk(plan, breakers, settings)
+    errors: list[ProviderError] = []
+    attempts = 0
+    fair_share = (deadline - loop.time()) / 2  # see _short_changed
+    if walk.current is None:
+        raise _exhausted(_unusable(plan, breakers), 0, deadline_hit=False)
+    try:
+        async for chain_attempt in retrying(
+            settings,
+            deadline=deadline,
+            choose_next=walk.next,
+            loop_time=loop.time,
+            rng=res.rng,
+            budget=res.budget,
+        ):
+            with chain_attempt:
+                dep = walk.current
+                if dep is None:  # the chain asked for an attempt nobody can take
+                    raise _exhausted(errors, attempts, deadline_hit=False)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise _exhausted(errors, attempts, deadline_hit=True)
+                breaker = breakers.get(dep.name) if breakers is not None else None
+                permit = breaker.allow(loop.time()) if breaker is not None else 1
+                if not permit:  # half-open and its trials are taken, or opened meanwhile
+                    refused = ProviderUnavailable(
+                        f"circuit breaker {breaker.state if breaker else 'open'}",
+                        deployment=dep.name,
+                    )
+                    walk.tried[dep.name] = walk.tried.get(dep.name, 0) + 1
+                    errors.append(refused)
+                    raise refused
+                attempts += 1
+                walk.tried[dep.name] = walk.tried.get(dep.name, 0) + 1
+                call.timeout = remaining
+                window = dep.window
+                window.inflight += 1
+                started = loop.time()
+                try:
+                    result = await dep.provider.send(call)
+                    first = None
+                    if not isinstance(result, ProviderResponse):
+                        try:
+                            first = await anext(aiter(result))
+                        except BaseException:
+                            await result.aclose()
+                            raise
+                except ProviderError as exc:
+                    window.inflight -= 1
+                    counted = not _short_changed(exc, dep, call.stream, remaining, fair_share)
+                    if counted:
+                        dep.failed(exc)
+                    if breaker is not None:
+                        if counted:
+                            now = loop.time()
+                            breaker.failure(permit, exc.health_class, now)
+                            stats = dep.window.stats()
+                            judged = stats.requests - stats.error_count("caller_error")
+                            breaker.judge_rate(judged, stats.error_rate, now)
+                        else:
+                            breaker.cancelled(permit)
+                    errors.append(exc)
+                    raise
+                except BaseException:
+                    window.inflight -= 1
+                    if breaker is not None:
+                        breaker.cancelled(permit)
+                    raise
+                if breaker is not None:
+                    breaker.success(permit, loop.time())
+                if first is None:
+                    assert isinstance(result, ProviderResponse)
+                    dep.succeeded(started, None, result.usage)
+                    return Attempt(dep, result, attempts, None, errors, started=started)
+                ttft = loop.time() - started
+                return Attempt(dep, result, attempts, first, errors, started=started, ttft=ttft)
+    except ProviderError as exc:
+        if exc.action is Action.DONT_RETRY or exc.action is Action.CALLER_ERROR:
+            raise _stamped(exc, attempts, errors) from None
+        if isinstance(exc, ContextLengthExceeded) and walk.current is None:
+            raise _stamped(exc, attempts, errors) from None
+        if loop.time() >= deadline:
+            raise _exhausted(errors, attempts, deadline_hit=True) from None
+        raise _exhausted(errors, attempts, deadline_hit=False) from None
+    raise AssertionError("the retry chain ended without an answer or an error")
+
+
+BLOCKED = frozenset({"open", "forced-open", "drained"})  # breaker states that take no traffic
+
+
+def _unusable(plan: list[Deployment], breakers: Breakers | None) -> list[ProviderError]:
+    """Why no deployment of ``plan`` can take a first attempt (for the error message)."""
+    reasons: list[ProviderError] = []
+    for dep in plan:
+        if dep.max_concurrency is not None and dep.inflight >= dep.max_concurrency:
+            why = f"at its max_concurrency ({dep.max_concurrency})"
+        elif breakers is not None and breakers.state(dep.name) in BLOCKED:
+            why = f"circuit breaker {breakers.state(dep.name)}"
+        else:
+            continue
+        reasons.append(ProviderUnavailable(why, deployment=dep.name))
+    return reasons
 
 
 def _short_changed(

@@ -162,8 +162,36 @@ def load_policy(
 ) -> PolicySnapshot:
     """Read, validate and compile the policy at ``path``; :class:`ConfigError` on any problem."""
     source = read_policy(path, deployments)
+    _check_resilience(source)
     when = time.time() if loaded_at is None else loaded_at
     return compile_policy(source.documents, deployments, when, source.version)
+
+
+def _check_resilience(source: PolicySource) -> None:
+    """The free-form ``retry`` sections (defaults and routes) must be retry settings the
+    gateway understands: reported with file and line like every other problem."""
+    from gateway.retrying import RetrySettings
+
+    issues: list[ConfigIssue] = []
+    for file, document in source.documents:
+        sections: list[tuple[tuple[Any, ...], Any]] = []
+        if document.defaults is not None:
+            sections.append((("defaults", "retry"), document.defaults.retry))
+        sections.extend((("routes", i, "retry"), r.retry) for i, r in enumerate(document.routes))
+        for where, section in sections:
+            if not section:
+                continue
+            try:
+                RetrySettings.from_mapping(section)
+            except ValueError as exc:
+                doc = source.yaml.get(file)
+                reason = str(exc)
+                if doc is None:
+                    issues.append(ConfigIssue(file, None, format_path(where), reason))
+                else:
+                    issues.append(doc.issue(where, reason))
+    if issues:
+        raise ConfigError(issues)
 
 
 def _salvage(data: dict[str, Any]) -> tuple[PolicyDocument, list[int]]:

@@ -16,8 +16,10 @@ The request path (keep this list true):
    answered only once its first event arrived. Every attempt's outcome goes into its
    deployment's health window as it ends (a stream's when the stream ends).
 5. **Relay**: a non-streaming body goes back as the upstream sent it; SSE events are written one
-   by one as they arrive. A stream that breaks after its first event ends with an in-band
-   ``error`` event and no ``[DONE]``: a truncated answer is never presented as complete.
+   by one as they arrive. A stream that breaks after its first event is continued on a
+   fallback (assistant prefill, else a restart whose text is checked against what was sent:
+   :mod:`gateway.continuation`), else it ends with an in-band ``error`` event for the original
+   cause and no ``[DONE]``: a truncated answer is never presented as complete.
 6. **Record**: a count per endpoint and status for ``/metrics``; one ``request`` log event
    (request id, model, deployment, attempts, status, latency, tokens, every failed attempt and
    why); every response of the ``/v1`` request endpoints carries ``x-request-id``,
@@ -55,7 +57,7 @@ from gateway.errors import (
     ProviderError,
     Unauthorized,
 )
-from gateway.executor import Attempt, Deployment, execute
+from gateway.executor import BLOCKED, Attempt, Deployment, Resilience, execute
 from gateway.http import (
     describe_request,
     error_response,
@@ -67,6 +69,8 @@ from gateway.logs import get_logger
 from gateway.policy_loader import snapshot_from_routes
 from gateway.policy_manager import PolicyManager
 from gateway.providers.base import ProviderCall, ProviderResponse
+from gateway.retrying import RetrySettings
+from gateway.units import parse_duration
 from gateway.validation import validate
 from health.monitor import HealthMonitor
 from health.probes import Prober
@@ -88,6 +92,7 @@ class Gateway:
         deployments: dict[str, Deployment],
         monitor: HealthMonitor | None = None,
         policies: PolicyManager | None = None,
+        resilience: Resilience | None = None,
     ) -> None:
         self.config = config
         self.deployments = deployments
@@ -107,6 +112,8 @@ class Gateway:
         self.monitor = monitor
         # (endpoint, status) -> responses; endpoint is one of ENDPOINTS or "other"
         self.responses: dict[tuple[str, int], int] = {}
+        self.resilience = resilience if resilience is not None else Resilience()
+        self._retry_cache: dict[tuple[str, str], RetrySettings] = {}
         self.admin = Admin(self)
         self._max_body = config.server.max_body_size
         self._timeout = config.server.request_timeout
@@ -200,7 +207,8 @@ class Gateway:
 
     async def _method_not_allowed(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        allowed = "POST" if request.path in _POST_PATHS else "GET"
+        post = request.path in _POST_PATHS or request.path.endswith("/breaker")
+        allowed = "POST" if post else "GET"
         error = MethodNotAllowed(
             f"{request.method} is not allowed on {request.path}; use {allowed}"
         )
@@ -252,10 +260,27 @@ class Gateway:
             plan = self.plan(policy, features)
             route_headers["x-gateway-route"] = plan.route
             # 4. Execute
-            call = ProviderCall(endpoint, body, raw, features.stream, request_id, self._timeout)
+            timeout = self._deadline_for(request)
+            call = ProviderCall(endpoint, body, raw, features.stream, request_id, timeout)
             loop = asyncio.get_running_loop()
             deployments = [self.deployments[name] for name in plan.order]
-            attempt = await execute(deployments, call, deadline=loop.time() + self._timeout)
+            deadline = loop.time() + timeout
+            attempt = await execute(
+                deployments,
+                call,
+                deadline=deadline,
+                resilience=self.resilience,
+                retry=self._retry_settings(plan),
+            )
+            # what a stream needs to continue elsewhere if it breaks after its first chunk
+            attempt.call, attempt.deadline = call, deadline
+            breakers = self.resilience.breakers
+            attempt.rest = [
+                d
+                for d in deployments
+                if d is not attempt.deployment
+                and (breakers is None or breakers.state(d.name) not in BLOCKED)
+            ]
             # 5. Relay
             headers = {
                 "x-request-id": request_id,
@@ -291,18 +316,24 @@ class Gateway:
         resp = web.StreamResponse(headers={**headers, **_SSE_HEADERS})
         broken: ProviderError | None = None
         record = True  # a caller that left, or a bug of ours, says nothing of the deployment
+        rescue = None  # the continuation on a fallback, once the stream broke
         try:
             await resp.prepare(request)
             assert attempt.first is not None
             await resp.write(attempt.first)
             try:
-                async for event in stream:
-                    await resp.write(event)
-            except ProviderError as exc:
-                broken = exc
-                attempt.errors.append(exc)
-                attempt.outcome = exc.label
-                await resp.write(sse_error(exc))
+                try:
+                    async for event in stream:
+                        await resp.write(event)
+                except ProviderError as exc:
+                    broken = exc
+                    attempt.finish(exc)  # the break is the deployment's: recorded, slot back
+                    from gateway.continuation import continue_stream
+
+                    rescue = continue_stream(attempt, exc)
+                if rescue is not None:  # finish the answer elsewhere, or end with the error
+                    async for event in rescue:
+                        await resp.write(event)
             except ConnectionError:
                 raise  # the caller went away while we wrote: handled below
             except Exception:
@@ -322,11 +353,48 @@ class Gateway:
             raise
         finally:
             try:
-                await stream.aclose()
+                try:
+                    if rescue is not None:  # gives back a fallback's slot if the caller left
+                        await rescue.aclose()
+                finally:
+                    await stream.aclose()
             finally:  # even if closing fails or is cancelled: the slot comes back, once
                 attempt.finish(broken, record=record)
         await resp.write_eof()
         return resp
+
+    def _deadline_for(self, request: web.Request) -> float:
+        """The request's overall deadline in seconds: ``server.request_timeout``, or less when
+        the caller asks for less with ``x-gateway-timeout`` (never more)."""
+        asked = request.headers.get("x-gateway-timeout")
+        if not asked:
+            return self._timeout
+        try:
+            seconds = parse_duration(asked.strip())
+        except ValueError as exc:
+            raise InvalidRequest(f"x-gateway-timeout: {exc}", param="x-gateway-timeout") from None
+        if seconds <= 0:
+            raise InvalidRequest(
+                "x-gateway-timeout must be greater than zero", param="x-gateway-timeout"
+            )
+        return min(seconds, self._timeout)
+
+    def _retry_settings(self, plan: Plan) -> RetrySettings:
+        """The route's retry settings: its policy ``retry:`` over the gateway's defaults
+        (validated when the policy loaded; cached per policy version and route)."""
+        key = (plan.policy_version, plan.route)
+        settings = self._retry_cache.get(key)
+        if settings is None:
+            section = plan.resilience.get("retry")
+            if not section:
+                settings = self.resilience.retry
+            else:
+                merged = {**self.config.resilience.retry, **section}
+                settings = RetrySettings.from_mapping(merged)
+            if len(self._retry_cache) > 256:  # old policy versions
+                self._retry_cache.clear()
+            self._retry_cache[key] = settings
+        return settings
 
     def plan(
         self, policy: PolicySnapshot, features: RequestFeatures, *, explain: bool = False

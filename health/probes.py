@@ -75,7 +75,7 @@ class Prober:
         self.store = store
         self._clock = clock
         self._rng = rng or random.Random()
-        self._on_result = on_result
+        self.on_result = on_result
         self._targets: dict[str, tuple[ProbeSettings, ProbeFn]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.outcomes: dict[str, dict[str, int]] = {}  # name -> {"ok": n, "failed": n}, run here
@@ -112,8 +112,8 @@ class Prober:
         self.outcomes[name]["ok" if result.ok else "failed"] += 1
         if not result.ok:
             self._log.info("probe failed", deployment=name, detail=result.detail)
-        if self._on_result is not None:
-            self._on_result(name, result)
+        if self.on_result is not None:
+            self.on_result(name, result)
         return result
 
     async def _loop(self, name: str) -> None:

@@ -1,5 +1,6 @@
 """The Redis store's local ledger per deployment: deltas staged, batches sent but not yet
-acknowledged, and the last fleet view pulled (see :mod:`health.redis_store`, steps 1 and 3)."""
+acknowledged, the breaker trip waiting to be published, and the last fleet view pulled (see
+:mod:`health.redis_store`, steps 1 and 3)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,35 @@ class Batch:
     cut_at: int  # bucket index when it was cut
     deltas: dict[int, list[float]]
     probes: list[ProbeResult]
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    """A breaker trip as the trip key holds it: ``"until_ms|replica|reason"``, where
+    ``until_ms`` is the wall-clock time (ms) the breaker stays open until."""
+
+    until_ms: int
+    replica: str
+    reason: str
+
+    @property
+    def until(self) -> float:
+        """Wall-clock seconds."""
+        return self.until_ms / 1000
+
+    def value(self) -> str:
+        return f"{self.until_ms}|{self.replica}|{self.reason}"
+
+    @classmethod
+    def parse(cls, raw: Any) -> Trip | None:
+        """The trip ``raw`` holds, or None for nothing or a value of another shape."""
+        if raw is None:
+            return None
+        until, sep, rest = as_text(raw).partition("|")
+        replica, sep2, reason = rest.partition("|")
+        if not (sep and sep2 and until.isdigit()):
+            return None
+        return cls(int(until), replica, reason)
 
 
 @dataclass(slots=True)
@@ -53,6 +83,14 @@ class Ledger:
     queued: list[ProbeResult] = field(default_factory=list)  # probes not yet batched, oldest first
     unacked: list[Batch] = field(default_factory=list)
     view: PulledView | None = None
+    trip: Trip | None = None  # this replica's trip to publish, until Redis acknowledges it
+    remote: Trip | None = None  # another replica's trip, as last pulled
+
+    def queue_trip(self, trip: Trip) -> None:
+        """Publish ``trip`` with the next flush, unless one already queued lasts longer (the
+        key keeps the latest ``until`` anyway, so the shorter one would change nothing)."""
+        if self.trip is None or trip.until_ms > self.trip.until_ms:
+            self.trip = trip
 
     def stage(self) -> None:
         """Move the window's pending deltas here (so they can be read without being lost)."""

@@ -1,8 +1,9 @@
 """The Lua script of the Redis store and the names of its keys (see :mod:`health.redis_store`).
 
-One call of :data:`SCRIPT` per deployment per flush applies this replica's batches, refreshes
-expiry, writes its in-flight gauge and returns the fleet view; every key it touches shares the
-deployment's hash tag, :func:`key_tag`, so the call stays in one Redis Cluster slot.
+One call of :data:`SCRIPT` per deployment per flush applies this replica's batches, publishes
+its breaker trip (if any), refreshes expiry, writes its in-flight gauge and returns the fleet
+view; every key it touches shares the deployment's hash tag, :func:`key_tag`, so the call stays
+in one Redis Cluster slot.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ def key_tag(namespace: str, name: str) -> str:
     return f"{KEY_PREFIX}:{{{namespace}:{name}}}"
 
 
-# KEYS: 1 this replica's seq, 2 in-flight hash, 3 probe list, then bucket hashes (the first
-# ARGV[9] of them are the live window, read back in order). ARGV: 1 replica, 2 in-flight count,
-# 3 order stamp (increasing per exchange), 4 in-flight max age (ms), 5 bucket/seq ttl (ms),
-# 6 in-flight ttl (ms), 7 probe ttl (ms), 8 probe history, 9 buckets to read, 10 highest seq sent
-# ("0": none), 11 batch count, then per batch: seq, probe count, probe JSON (oldest first),
-# bucket count, and per bucket: its KEYS position, field count, then field/delta pairs.
+# KEYS: 1 this replica's seq, 2 in-flight hash, 3 probe list, 4 trip string, then bucket hashes
+# (the first ARGV[9] of them are the live window, read back in order). ARGV: 1 replica,
+# 2 in-flight count, 3 order stamp (increasing per exchange), 4 in-flight max age (ms),
+# 5 bucket/seq ttl (ms), 6 in-flight ttl (ms), 7 probe ttl (ms), 8 probe history, 9 buckets to
+# read, 10 highest seq sent ("0": none), 11 batch count, 12 trip value "until_ms|replica|reason"
+# ("": none), 13 its until_ms, 14 its ttl (ms, > 0), then per batch: seq, probe count, probe JSON
+# (oldest first), bucket count, and per bucket: its KEYS position, field count, then field/delta
+# pairs. Returns {buckets, others' in-flight, probes, applied, skipped, trip value or nil}.
 SCRIPT = """
 for i = 1, #KEYS do
-  local want = (i == 1 and 'string') or (i == 3 and 'list') or 'hash'
+  local want = ((i == 1 or i == 4) and 'string') or (i == 3 and 'list') or 'hash'
   local got = redis.call('TYPE', KEYS[i])['ok']
   if got ~= 'none' and got ~= want then
     return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. got .. ', not a ' .. want)
@@ -34,9 +37,16 @@ local seen = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 if tonumber(ARGV[10]) > seen then
   redis.call('SET', KEYS[1], ARGV[10], 'PX', ARGV[5])
 end
+if ARGV[12] ~= '' then
+  local held = redis.call('GET', KEYS[4])
+  local held_until = held and tonumber(string.match(held, '^(%d+)|')) or -1
+  if tonumber(ARGV[13]) > held_until then
+    redis.call('SET', KEYS[4], ARGV[12], 'PX', ARGV[14])
+  end
+end
 local applied, skipped = 0, 0
 local touched, pushed = {}, false
-local a = 12
+local a = 15
 for _ = 1, tonumber(ARGV[11]) do
   local fresh = tonumber(ARGV[a]) > seen
   if fresh then
@@ -95,7 +105,8 @@ for i = 1, #entries, 2 do
 end
 local buckets = {}
 for j = 1, tonumber(ARGV[9]) do
-  buckets[j] = redis.call('HGETALL', KEYS[3 + j])
+  buckets[j] = redis.call('HGETALL', KEYS[4 + j])
 end
-return {buckets, others, redis.call('LRANGE', KEYS[3], 0, tonumber(ARGV[8]) - 1), applied, skipped}
+local probes = redis.call('LRANGE', KEYS[3], 0, tonumber(ARGV[8]) - 1)
+return {buckets, others, probes, applied, skipped, redis.call('GET', KEYS[4])}
 """

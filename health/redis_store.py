@@ -9,26 +9,32 @@ background loop exchanges with Redis every ``flush_interval``:
    increasing for this process, seeded from the wall clock in µs so a restarted replica with the
    same id starts above its old numbers). Batches stay *unacknowledged* until Redis confirms them;
    a batch cut more than a window ago is dropped whole (its deltas are out of the window, and
-   its ``seq`` guard below may have expired), so unacknowledged batches stay bounded.
+   its ``seq`` guard below may have expired), so unacknowledged batches stay bounded. A breaker
+   trip published by :meth:`RedisStore.publish_trip` waits beside the batches (one per
+   deployment: the latest ``until`` wins) and is sent with every call until one succeeds, or
+   until its ``until`` has passed.
 2. **One pipeline** (``transaction=False``) holding one ``EVALSHA`` of :data:`SCRIPT` per
    deployment. The script, atomically for that deployment: refuses to touch a key of the wrong
    type (a foreign key under our prefix) before writing anything; stores the highest sent
    ``seq`` for this replica, *then* applies every sent batch whose ``seq`` is above the one
    stored before (``HINCRBYFLOAT`` of the non-zero fields into the bucket hashes, ``LPUSH`` +
    ``LTRIM`` of the probes), so an error half-way can lose part of a batch but never applies it
-   twice; refreshes the expiry of what it wrote; sets this replica's in-flight gauge stamped
-   with Redis's own ``TIME``; drops gauges older than a few flush intervals by that same clock;
-   and returns the live window's bucket hashes, the other replicas' in-flight sum and the probe
-   list. Round trips per flush: one, whatever the request rate (Redis commands per second:
+   twice; writes the trip, if one was sent, only when its ``until`` is later than the one the
+   trip key holds (a replay, or an earlier trip, changes nothing); refreshes the expiry of what
+   it wrote; sets this replica's in-flight gauge stamped with Redis's own ``TIME``; drops gauges
+   older than a few flush intervals by that same clock; and returns the live window's bucket
+   hashes, the other replicas' in-flight sum, the probe list and the trip key's value. Round
+   trips per flush: one, whatever the request rate or the trips (Redis commands per second:
    D / flush_interval script calls for D deployments).
 3. **Acknowledge**, per deployment: one whose call returned drops its batches, keeps the pulled
    view, and takes the pulled probe list (plus its own probes not yet sent) as its probe
-   history. One whose call failed keeps its batches and sends them again, all of them, with the
-   next flush; any failure marks the store stale, with an error that names the deployment(s),
-   but never holds back the others' acknowledgements. The ``seq`` check makes that exactly-once:
-   a call that timed out may still run later (a hung Redis resumes and executes what it had
-   buffered) and the retry then skips what it applied, or the late call skips what the retry
-   applied.
+   history, forgets the trip it sent (unless a later one was published meanwhile) and keeps the
+   pulled trip if another replica published it. One whose call failed keeps its batches (and
+   its trip) and sends them again, all of them, with the next flush; any failure marks the
+   store stale, with an error that names the deployment(s), but never holds back the others'
+   acknowledgements. The ``seq`` check makes that exactly-once: a call that timed out may still
+   run later (a hung Redis resumes and executes what it had buffered) and the retry then skips
+   what it applied, or the late call skips what the retry applied.
 4. **Read** (:meth:`RedisStore.stats`, :meth:`RedisStore.probes`): while fresh, the pulled
    buckets still inside the window plus this replica's deltas not yet in them; in-flight is the
    others' fresh gauges plus the local one; EWMAs are local. While stale (the last sync failed,
@@ -36,7 +42,11 @@ background loop exchanges with Redis every ``flush_interval``:
    routing on what it saw itself and says so in :meth:`RedisStore.shared`. Probes are always
    the local history: the last fleet view, newest first, with this replica's later probes on
    top, so stale mode carries on from what the fleet last knew. A name never registered through
-   :meth:`RedisStore.window` (or a probe) reads as empty and stays unregistered.
+   :meth:`RedisStore.window` (or a probe, or a trip) reads as empty and stays unregistered.
+   :meth:`RedisStore.remote_trips` lists the other replicas' trips of the last successful pull
+   of each deployment whose ``until`` is still ahead of this replica's clock, fresh or stale (a
+   stale one ends by its own ``until``). A trip reaches the other replicas within two flush
+   intervals (this replica's next flush, then theirs): 0.5 s at the default cadence.
 
 Keys (one prefix, :data:`KEY_PREFIX`; every key of a deployment shares the hash tag
 ``{namespace:deployment}`` so one script call touches one Redis Cluster slot)::
@@ -55,6 +65,9 @@ Keys (one prefix, :data:`KEY_PREFIX`; every key of a deployment shares the hash 
     llmgw:{ns:dep}:probes            list of ProbeResult JSON, newest first, PROBE_HISTORY long,
                                      expires PROBE_TTL after the last push
     llmgw:{ns:dep}:lease             SET NX PX: the replica that probes next
+    llmgw:{ns:dep}:trip              string "until_ms|replica|reason": the breaker trip that
+                                     lasts longest (wall-clock ms), set with PX = until - now
+                                     by the publisher's clock, so it vanishes when it is over
 
 When Redis restarts, what it held is gone: the fleet view starts again from what replicas flush
 afterwards (their local windows still hold their own history, and deltas that failed to flush
@@ -68,12 +81,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import secrets
 import socket
 import time
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import structlog
@@ -82,7 +96,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
-from health.redis_ledger import Ledger, PulledView, as_text
+from health.redis_ledger import Ledger, PulledView, Trip, as_text
 from health.redis_script import KEY_PREFIX, SCRIPT, key_tag
 from health.store import PROBE_HISTORY, ProbeResult, SharedStatus, WindowSettings
 from health.window import SIZE, Clock, RollingWindow, WindowStats, add_into, empty, summarise
@@ -96,6 +110,7 @@ MAX_BACKOFF = 2.0  # seconds between tries while Redis is down
 STALE_AFTER_FLUSHES = 4  # a view older than this many flush intervals (and 1 s) is stale
 MIN_STALE_AFTER = 1.0
 PROBE_TTL = 3600.0  # seconds a probe history outlives its last push
+MAX_REASON = 200  # characters of a trip's reason kept in Redis
 
 log = structlog.get_logger("health.redis")
 
@@ -106,6 +121,7 @@ class RedisStore:
     ``client`` may be injected (e.g. ``fakeredis.aioredis.FakeRedis``); the caller then keeps
     ownership and closes it. Otherwise a client is built from ``url`` (which may carry a
     password: it is never kept in a repr, a log or an error message) and closed by :meth:`close`.
+    ``replica`` (random per process by default) must not contain ``|``, the trip key's separator.
     """
 
     def __init__(
@@ -124,9 +140,12 @@ class RedisStore:
             raise ValueError("the Redis namespace must be non-empty and hold no braces")
         if flush_interval <= 0 or timeout <= 0:
             raise ValueError("flush_interval and timeout must be positive")
+        if replica and "|" in replica:
+            raise ValueError("the replica id must hold no '|'")
         self.settings = settings or WindowSettings()
         self.namespace = namespace
-        self.replica = replica or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        host = socket.gethostname().replace("|", "-")
+        self.replica = replica or f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
         self.flush_interval = flush_interval
         self.timeout = timeout
         self.stale_after = max(MIN_STALE_AFTER, STALE_AFTER_FLUSHES * flush_interval)
@@ -210,6 +229,23 @@ class RedisStore:
         except Exception:
             return True
         return bool(got)
+
+    def publish_trip(self, name: str, until: float, reason: str) -> None:
+        """Queue this replica's trip of ``name`` (open until wall-clock ``until``) for the next
+        flush; never awaits. A trip already over (or a non-finite ``until``) is ignored."""
+        if not math.isfinite(until) or until <= self._clock():
+            return
+        self._dep(name).queue_trip(Trip(round(until * 1000), self.replica, reason[:MAX_REASON]))
+
+    def remote_trips(self) -> dict[str, tuple[float, str, str]]:
+        """name → (until, reason, replica) of the other replicas' trips still in force, as last
+        pulled (kept while stale, each until its own ``until``)."""
+        now = self._clock()
+        return {
+            name: (trip.until, trip.reason, trip.replica)
+            for name, dep in self._deps.items()
+            if (trip := dep.remote) is not None and trip.until > now
+        }
 
     def shared(self) -> SharedStatus:
         age = None if self._last_ok is None else time.monotonic() - self._last_ok
@@ -322,11 +358,11 @@ class RedisStore:
     async def _exchange(self) -> None:
         now = self._clock()
         order = str(self._next_seq())  # orders this exchange's in-flight gauges after earlier ones
-        calls: dict[str, tuple[list[str], list[str], list[int]]] = {}
+        calls: dict[str, _Call] = {}
         for name, dep in self._deps.items():
             now_idx = dep.window.index(now)
             dep.cut(self._next_seq, now_idx)
-            calls[name] = self._call(name, dep, now_idx, order)
+            calls[name] = self._call(name, dep, now_idx, order, now)
         async with asyncio.timeout(self.timeout):
             if not calls:
                 self.commands_sent += 1
@@ -343,20 +379,24 @@ class RedisStore:
             if isinstance(result, Exception):
                 failed[name] = result  # its batches stay unacknowledged; the others go on
             else:
-                self._accept(self._deps[name], calls[name][2], result)
+                self._accept(self._deps[name], calls[name], result)
         if failed:
             raise _CallsFailed(failed)
 
-    def _call(
-        self, name: str, dep: Ledger, now_idx: int, order: str
-    ) -> tuple[list[str], list[str], list[int]]:
-        """KEYS, ARGV and the bucket indexes read back, for one deployment's script call."""
+    def _call(self, name: str, dep: Ledger, now_idx: int, order: str, now: float) -> _Call:
+        """KEYS, ARGV, the bucket indexes read back and the trip sent, for one deployment's
+        script call. A queued trip that is over by now is dropped instead of sent."""
         tag = key_tag(self.namespace, name)
         window = dep.window
         read = list(range(now_idx - window.buckets + 1, now_idx + 1))
-        keys = [f"{tag}:seq:{self.replica}", f"{tag}:inflight", f"{tag}:probes"]
+        keys = [f"{tag}:seq:{self.replica}", f"{tag}:inflight", f"{tag}:probes", f"{tag}:trip"]
         keys += [f"{tag}:b:{i}" for i in read]
-        position = {i: 4 + j for j, i in enumerate(read)}  # Lua's KEYS are 1-based
+        position = {i: 5 + j for j, i in enumerate(read)}  # Lua's KEYS are 1-based
+        trip, trip_ttl = dep.trip, 0
+        if trip is not None:
+            trip_ttl = trip.until_ms - round(now * 1000)
+            if trip_ttl <= 0:
+                trip = dep.trip = None
         bucket_ttl = round((window.window_seconds + 2 * window.width) * 1000)
         max_age = round(self.stale_after * 1000)
         args = [
@@ -371,6 +411,9 @@ class RedisStore:
             str(len(read)),
             str(max((b.seq for b in dep.unacked), default=0)),
             str(len(dep.unacked)),
+            "" if trip is None else trip.value(),
+            "0" if trip is None else str(trip.until_ms),
+            str(trip_ttl),
         ]
         for batch in dep.unacked:
             args += [str(batch.seq), str(len(batch.probes))]
@@ -385,24 +428,23 @@ class RedisStore:
                 args += [str(k), str(len(fields))]
                 for i, v in fields:
                     args += [str(i), repr(v)]
-        return keys, args, read
+        return _Call(keys, args, read, trip)
 
-    async def _pipeline(
-        self, calls: dict[str, tuple[list[str], list[str], list[int]]]
-    ) -> dict[str, Any]:
+    async def _pipeline(self, calls: dict[str, _Call]) -> dict[str, Any]:
         pipe = self._client.pipeline(transaction=False)
-        for keys, args, _ in calls.values():
-            pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+        for call in calls.values():
+            pipe.evalsha(self._script.sha, len(call.keys), *call.keys, *call.args)
         self.commands_sent += 1
         results = await pipe.execute(raise_on_error=False)
         return dict(zip(calls, results, strict=True))
 
-    def _accept(self, dep: Ledger, read: list[int], result: Any) -> None:
-        """Keep what one script call pulled; its batches are now in Redis. The pulled probe
-        list, with the probes queued meanwhile on top, becomes the local history."""
-        raw_buckets, others, raw_probes, _applied, skipped = result
+    def _accept(self, dep: Ledger, call: _Call, result: Any) -> None:
+        """Keep what one script call pulled; its batches (and trip) are now in Redis. The pulled
+        probe list, with the probes queued meanwhile on top, becomes the local history; the
+        pulled trip is kept when another replica published it."""
+        raw_buckets, others, raw_probes, _applied, skipped, raw_trip = result
         buckets: dict[int, list[float]] = {}
-        for idx, flat in zip(read, raw_buckets, strict=True):
+        for idx, flat in zip(call.read, raw_buckets, strict=True):
             if not flat:
                 continue
             vec = buckets[idx] = empty()
@@ -418,6 +460,19 @@ class RedisStore:
         dep.view = PulledView(buckets, int(others))
         dep.history = deque([*reversed(dep.queued), *probes][:PROBE_HISTORY], maxlen=PROBE_HISTORY)
         self.duplicates_skipped += int(skipped)
+        if call.trip is not None and dep.trip is call.trip:  # not replaced by a later one since
+            dep.trip = None
+        pulled = Trip.parse(raw_trip)
+        dep.remote = pulled if pulled is not None and pulled.replica != self.replica else None
+
+
+class _Call(NamedTuple):
+    """One deployment's script call: what is sent and what its answer is read against."""
+
+    keys: list[str]
+    args: list[str]
+    read: list[int]  # bucket indexes of the first ``len(read)`` bucket keys, in order
+    trip: Trip | None  # the trip it publishes
 
 
 class _CallsFailed(Exception):

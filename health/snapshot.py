@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-BreakerState = Literal["closed", "open", "half-open", "forced-open", "drained"]
+BreakerState = Literal["closed", "open", "half-open", "forced-open", "drained", "forced-closed"]
 
 
 @dataclass(frozen=True, slots=True)

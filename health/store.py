@@ -8,6 +8,11 @@ merged view in Redis mode (:mod:`health.redis_store`).
 Probe results are kept per deployment, newest first, at most :data:`PROBE_HISTORY` of them. A
 fleet shares them through the store, and :meth:`MetricsStore.probe_lease` lets one replica probe
 a deployment per interval instead of all of them.
+
+Breaker trips travel the same way: :meth:`MetricsStore.publish_trip` tells the fleet that this
+replica's breaker of a deployment opened, and :meth:`MetricsStore.remote_trips` lists the trips
+other replicas published that are still in force, so every replica stops sending within about a
+second of one replica tripping (Redis mode; a single process has nobody to tell).
 """
 
 from __future__ import annotations
@@ -116,6 +121,19 @@ class MetricsStore(Protocol):
         """True when this replica should probe ``name`` now (it holds the lease for ``ttl`` s)."""
         ...
 
+    def publish_trip(self, name: str, until: float, reason: str) -> None:
+        """This replica's breaker of ``name`` opened until wall-clock ``until`` (seconds),
+        because of ``reason``: tell the other replicas (Redis: with the next flush, keeping
+        the latest ``until`` per deployment). Sync, never awaits, never does I/O; a trip already
+        over is ignored; a no-op in memory."""
+        ...
+
+    def remote_trips(self) -> dict[str, tuple[float, str, str]]:
+        """name → (until wall-clock seconds, reason, replica) of the trips OTHER replicas
+        published that are still in force, as of the last successful exchange (Redis: while
+        stale, the last known ones until their own ``until``). Always ``{}`` in memory."""
+        ...
+
     def shared(self) -> SharedStatus: ...
 
     async def sync(self) -> None:
@@ -177,6 +195,12 @@ class MemoryStore:
 
     async def probe_lease(self, name: str, ttl: float) -> bool:
         return True
+
+    def publish_trip(self, name: str, until: float, reason: str) -> None:
+        return None  # a single process has no other replica to tell
+
+    def remote_trips(self) -> dict[str, tuple[float, str, str]]:
+        return {}
 
     def shared(self) -> SharedStatus:
         return SharedStatus("memory", "local")

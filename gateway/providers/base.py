@@ -59,13 +59,39 @@ class ProviderResponse:
 
 @dataclass(slots=True)
 class StreamState:
-    """What a stream has shown so far (kept up to date while events are relayed)."""
+    """What a stream has shown so far (kept up to date while events are relayed).
+
+    ``text`` holds the pieces of choice 0's text in order (chat ``delta.content``, completions
+    ``text``): what a continuation must reproduce or extend if the stream breaks. ``non_text``
+    says a delta carried something else (tool calls, a refusal, reasoning): text alone cannot
+    continue such a stream. ``open_choices`` / ``finished_choices`` are the choice indexes
+    shown so far, without and with a ``finish_reason``.
+    """
 
     chunks: int = 0
     finish_reason: str | None = None
     usage: Usage | None = None
     done: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    text: list[str] = field(default_factory=list)
+    non_text: bool = False
+    open_choices: set[Any] = field(default_factory=set)
+    finished_choices: set[Any] = field(default_factory=set)
+
+    @property
+    def n_choices(self) -> int:
+        """How many distinct choices the stream has shown."""
+        return len(self.open_choices) + len(self.finished_choices)
+
+    @property
+    def complete(self) -> bool:
+        """Every choice shown has finished (so the answer itself is whole)."""
+        return self.finish_reason is not None and not self.open_choices
+
+    @property
+    def content(self) -> str:
+        """Choice 0's text so far."""
+        return "".join(self.text)
 
 
 class ProviderStream(Protocol):

@@ -44,6 +44,7 @@ from gateway.providers.base import ProviderCall, ProviderResponse, Usage
 from gateway.providers.sse import SSEStream
 
 _ERROR_BODY_LIMIT = 64 * 1024
+_PUSH_BACK = frozenset({429, 503, 529})
 
 
 class OpenAIProvider:
@@ -254,7 +255,9 @@ class OpenAIProvider:
         )
 
     async def _error(self, resp: aiohttp.ClientResponse) -> ProviderError:
-        retry_after = parse_retry_after(resp.headers)
+        # A pause counts only where HTTP means "come back later" (429, 503, Anthropic's 529):
+        # OpenAI sends x-ratelimit-reset-* on every answer, a 500 included.
+        retry_after = parse_retry_after(resp.headers) if resp.status in _PUSH_BACK else None
         try:
             raw = await resp.content.read(_ERROR_BODY_LIMIT)
         except (aiohttp.ClientError, OSError, HttpProcessingError, ValueError):

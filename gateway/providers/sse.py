@@ -15,7 +15,9 @@ that decides whether a stream ended well:
   off as complete.
 
 Events are relayed as received; a payload that spanned several ``data:`` lines keeps one
-``data:`` prefix per line.
+``data:`` prefix per line. While reading, the state also keeps choice 0's text and the choices
+shown (:class:`StreamState`), which is what :mod:`gateway.continuation` needs to continue the
+answer on a fallback if the stream breaks.
 """
 
 from __future__ import annotations
@@ -76,8 +78,9 @@ class SSEStream:
         self._reader: asyncio.Task[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._expired = False
-        self._open_choices: set[Any] = set()
-        self._finished_choices: set[Any] = set()
+        # The state's own sets (shared, not copied), so a continuation can read them.
+        self._open_choices = self.state.open_choices
+        self._finished_choices = self.state.finished_choices
 
     def __aiter__(self) -> SSEStream:
         return self
@@ -213,6 +216,19 @@ class SSEStream:
                 if not isinstance(choice, dict):
                     continue
                 index = choice.get("index", 0)
+                delta = choice.get("delta")
+                if delta is None:  # completions: the text is on the choice
+                    if index == 0:
+                        text = choice.get("text")
+                        if text and isinstance(text, str):
+                            self.state.text.append(text)
+                elif isinstance(delta, dict):
+                    if len(delta) > 1 or "content" not in delta:
+                        self._other_fields(delta)
+                    if index == 0:
+                        text = delta.get("content")
+                        if text and isinstance(text, str):
+                            self.state.text.append(text)
                 reason = choice.get("finish_reason")
                 if reason:
                     self.state.finish_reason = reason
@@ -223,6 +239,13 @@ class SSEStream:
         usage = event.get("usage")
         if usage:
             self.state.usage = Usage.from_openai(usage)
+
+    def _other_fields(self, delta: dict[str, Any]) -> None:
+        """Note a delta that carries more than text (tool calls, a refusal, reasoning)."""
+        for key, value in delta.items():
+            if value is not None and key != "content" and key != "role":
+                self.state.non_text = True
+                return
 
     async def aclose(self) -> None:
         if self._closed:

@@ -106,23 +106,30 @@ def test_errors_seen_by_one_replica_change_what_the_other_sees(tmp_path: Path) -
         assert _flaky(before)["status"] == "healthy"
 
         # Only replica A sends traffic: each request fails on flaky (500, retried once) and
-        # is answered by backup, so the caller never sees the error.
+        # is answered by backup, so the caller never sees the error. After 5 failures in a row
+        # A's breaker for flaky opens and A stops sending it anything.
         for _ in range(6):
             assert _chat(a_url) == (200, "backup")
         sent = time.monotonic()
+        failed = _flaky(_get(f"{a_url}/admin/deployments"))["window"]["requests"]
+        assert failed >= 5
         seen: dict[str, Any] = {}
         while time.monotonic() - sent < 5:
             seen = _flaky(_get(f"{b_url}/admin/deployments"))
-            if seen["window"]["requests"] >= 12:  # all of A's failed attempts arrived
+            if seen["window"]["requests"] >= failed and seen["breaker"]["state"] == "open":
                 break
             time.sleep(0.05)
         elapsed = time.monotonic() - sent
         assert seen["status"] == "unhealthy", seen
-        assert seen["window"]["errors"] == {"server_error": 12}, seen
+        assert seen["window"]["errors"] == {"server_error": failed}, seen
         assert seen["window"]["error_rate"] == 1.0
-        assert "error rate 100% over 12 requests" in seen["reason"]
+        assert f"error rate 100% over {failed} requests" in seen["reason"]
+        # A's trip reached B too: B stops sending flaky anything, without a failure of its own.
+        assert seen["breaker"]["state"] == "open", seen["breaker"]
+        assert "remote" in seen["breaker"]["last_trip_reason"]
+        assert _chat(b_url) == (200, "backup")
         # The design target is ~1 s; 5 s above is only the give-up bound on a loaded machine.
-        print(f"replica B saw replica A's errors after {elapsed * 1000:.0f} ms")
+        print(f"replica B saw replica A's errors and trip after {elapsed * 1000:.0f} ms")
         assert elapsed < 3.0, f"B saw A's errors only after {elapsed:.2f} s"
         # B itself never sent flaky a request: its own Prometheus counters stay at zero.
         with urllib.request.urlopen(f"{b_url}/metrics", timeout=5) as resp:

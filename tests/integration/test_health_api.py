@@ -44,6 +44,9 @@ def _config(primary: str, fallback: str | None = None, *, head: str = "") -> str
     text = f"""
 server:
   request_timeout: 10s
+# these tests count every failed attempt: no breaker stops sending to a failing deployment
+resilience:
+  breaker: {{consecutive_failures: 1000, min_volume: 1000}}
 health:
   probes: {{kind: none}}
 {head}

@@ -110,3 +110,50 @@ def test_openai_shape_has_exactly_the_four_fields() -> None:
 def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> None:
     """retry-after-ms wins; seconds are read; HTTP dates are ignored."""
     assert parse_retry_after(headers) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"x-ratelimit-reset-requests": "1s"}, 1.0),
+        ({"x-ratelimit-reset-tokens": "6m0s"}, 360.0),
+        ({"x-ratelimit-reset-requests": "20ms"}, 0.02),
+        ({"x-ratelimit-reset-tokens": "1m30.5s"}, 90.5),
+        ({"x-ratelimit-reset-requests": "1h2m3s"}, 3723.0),
+        ({"x-ratelimit-reset-requests": "2.5"}, 2.5),
+        ({"x-ratelimit-reset-requests": "20ms", "x-ratelimit-reset-tokens": "1m30.5s"}, 90.5),
+        ({"x-ratelimit-reset-requests": "7s", "x-ratelimit-reset-tokens": "250ms"}, 7.0),
+        ({"x-ratelimit-reset-requests": "soon", "x-ratelimit-reset-tokens": "4s"}, 4.0),
+        ({"retry-after": "2", "x-ratelimit-reset-tokens": "6m0s"}, 2.0),
+        ({"retry-after-ms": "300", "x-ratelimit-reset-tokens": "6m0s"}, 0.3),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT", "x-ratelimit-reset-requests": "3s"}, 3.0),
+    ],
+)
+def test_parse_retry_after_reads_x_ratelimit_reset(
+    headers: dict[str, str], expected: float
+) -> None:
+    """Without a readable Retry-After, the larger x-ratelimit-reset-* (Go durations) is used."""
+    assert parse_retry_after(headers) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "value", ["soon", "1x", "s", "1s2", "-1s", "1s 2m", "", "nan", "inf", "1e999s"]
+)
+def test_parse_retry_after_ignores_unreadable_resets(value: str) -> None:
+    """A reset value that is not a finite, non-negative duration is ignored."""
+    assert parse_retry_after({"x-ratelimit-reset-requests": value}) is None
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e999"])
+def test_parse_retry_after_ignores_non_finite_retry_after(value: str) -> None:
+    """An infinite Retry-After would reach the caller's header; it is ignored instead."""
+    assert parse_retry_after({"retry-after": value, "retry-after-ms": value}) is None
+    assert RateLimited("x", retry_after=parse_retry_after({"retry-after": value})).headers() == {}
+
+
+def test_parse_retry_after_is_case_insensitive_with_aiohttp_headers() -> None:
+    """aiohttp's response headers match names in any case."""
+    from multidict import CIMultiDict
+
+    headers = CIMultiDict({"X-RateLimit-Reset-Tokens": "1m0s", "X-RateLimit-Reset-Requests": "2s"})
+    assert parse_retry_after(headers) == 60.0

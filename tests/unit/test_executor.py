@@ -336,3 +336,83 @@ def test_timeout_caused_by_the_request_deadline_is_not_held_against_the_fallback
     assert (primary.calls, fallback.calls) == (1, 1)
     assert first.error_count("timeout") == 1
     assert second.requests == 0
+
+
+# --- breakers, retry chain, budget ---------------------------------------------------------
+
+
+def _resilient(
+    plan: list[FakeProvider],
+    *,
+    breakers: Any = None,
+    budget: Any = None,
+    timeout: float = 5.0,
+    **retry: Any,
+) -> Any:
+    from gateway.executor import Resilience
+    from gateway.retrying import RetrySettings
+
+    settings = RetrySettings(**{"base_delay": 0.01, "max_delay": 0.02, **retry})
+
+    async def go() -> Any:
+        deps = [Deployment(p) for p in plan]  # type: ignore[arg-type]
+        call = ProviderCall("chat/completions", {}, b"{}", False, "rid", timeout)
+        loop = asyncio.get_running_loop()
+        res = Resilience(breakers=breakers, budget=budget, retry=settings)
+        started = loop.time()
+        try:
+            attempt = await execute(deps, call, deadline=loop.time() + timeout, resilience=res)
+        except Exception as exc:
+            return exc, deps, loop.time() - started
+        return attempt, deps, loop.time() - started
+
+    return asyncio.run(go())
+
+
+def test_an_open_breaker_skips_its_deployment_and_a_failure_streak_opens_it() -> None:
+    """After `consecutive_failures` the breaker opens: the next request goes straight to the
+    fallback (one attempt), the failing deployment is not called again."""
+    from gateway.breakers import Breakers, BreakerSettings
+
+    breakers = Breakers(BreakerSettings(consecutive_failures=2, open_for=60.0))
+    down = [ProviderUnavailable("down", deployment="a") for _ in range(5)]
+    a, b = FakeProvider("a", *down), FakeProvider("b")
+    for _ in range(2):
+        result, _, _ = _resilient([a, b], breakers=breakers)
+        assert result.deployment.name == "b"
+    assert breakers.state("a") == "open" and a.calls == 2
+    result, _, _ = _resilient([a, b], breakers=breakers)
+    assert (result.deployment.name, result.attempts, a.calls) == ("b", 1, 2)
+
+
+def test_a_rate_limited_only_deployment_is_retried_after_its_retry_after() -> None:
+    """With nothing else to try, a 429 asking for 0.2 s is retried after ~0.2 s, not at once."""
+    a = FakeProvider("a", RateLimited("slow", deployment="a", retry_after=0.2, upstream_status=429))
+    result, _, elapsed = _resilient([a])
+    assert (result.deployment.name, result.attempts, a.calls) == ("a", 2, 2)
+    assert elapsed >= 0.19
+
+
+def test_a_retry_after_past_the_cap_fails_over_or_gives_up_instead_of_waiting() -> None:
+    a = FakeProvider("a", RateLimited("slow", deployment="a", retry_after=60, upstream_status=429))
+    result, _, elapsed = _resilient([a], retry_after_cap=1.0)
+    assert isinstance(result, NoDeploymentAvailable) and result.status == 429
+    assert elapsed < 1.0 and a.calls == 1
+
+
+def test_an_empty_retry_budget_stops_retries() -> None:
+    """ratio 0 and no floor: a failing first attempt is not retried anywhere."""
+    from gateway.retrying import RetryBudget
+
+    budget = RetryBudget(ratio=0.0, min_per_second=0.0)
+    a, b = FakeProvider("a", ProviderUnavailable("down", deployment="a")), FakeProvider("b")
+    result, _, _ = _resilient([a, b], budget=budget)
+    assert isinstance(result, NoDeploymentAvailable)
+    assert (a.calls, b.calls, budget.exhausted) == (1, 0, 1)
+
+
+def test_max_attempts_bounds_a_long_plan() -> None:
+    plan = [FakeProvider(n, ProviderUnavailable("down", deployment=n)) for n in "abcdef"]
+    result, _, _ = _resilient(plan, max_attempts=3)
+    assert isinstance(result, NoDeploymentAvailable) and result.attempts == 3
+    assert [p.calls for p in plan] == [1, 1, 1, 0, 0, 0]

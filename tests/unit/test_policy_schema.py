@@ -53,7 +53,7 @@ defaults:
     exclude_statuses: [ejected, unhealthy]
     require_tags: [chat]
   default_output_tokens: 300
-  retry: {attempts: 3, backoff: {base: 100ms}}
+  retry: {max_attempts: 3, base_delay: 100ms}
   fallback: {on_errors: [timeout]}
   breaker: {failures: 5}
   hedge: {after: 2s}
@@ -75,7 +75,7 @@ routes:
     weights: {error_rate: 4}
     constraints: {max_price: 0.01, require_tags: [tools]}
     default_output_tokens: 512
-    retry: {attempts: 5}
+    retry: {max_attempts: 5}
     hedge: {after: 1s}
   - name: rest
     candidates: [{tags: [chat]}]
@@ -144,7 +144,7 @@ def test_route_inherits_and_overrides_defaults_field_by_field(tmp_path: Path) ->
     assert rest.constraints.max_price == 0.05
     assert rest.constraints.require_tags == frozenset({"chat"})
     assert (premium.default_output_tokens, rest.default_output_tokens) == (512, 300)
-    assert dict(premium.resilience["retry"]) == {"attempts": 5, "backoff": {"base": "100ms"}}
+    assert dict(premium.resilience["retry"]) == {"max_attempts": 5, "base_delay": "100ms"}
     assert dict(premium.resilience["hedge"]) == {"after": "1s"}
     assert dict(rest.resilience["hedge"]) == {"after": "2s"}
     assert set(premium.resilience) == {"retry", "fallback", "breaker", "hedge"}

@@ -362,6 +362,34 @@ def test_probe_lease_lets_one_replica_probe_per_ttl(open_fleet: OpenFleet) -> No
     run(open_fleet, body)
 
 
+def test_a_published_trip_reaches_the_other_replicas_but_not_its_own(
+    open_fleet: OpenFleet,
+) -> None:
+    """Redis: B sees A's trip (until, reason, replica) after syncing, A does not list its own;
+    memory: publishing is a no-op and there are never remote trips."""
+
+    async def body(fleet: Fleet) -> None:
+        clock = FakeClock()
+        a, b = fleet.store(clock=clock, replica="a"), fleet.store(clock=clock, replica="b")
+        a.window("d")
+        b.window("d")
+        reason = "error rate 60% over 20 requests | last: timeout"  # a '|' inside survives
+        assert a.publish_trip("d", T0 + 30.0, reason) is None  # sync: nothing to await
+        await a.sync()
+        await b.sync()
+        await a.sync()
+        if not fleet.shared:
+            assert (a.remote_trips(), b.remote_trips()) == ({}, {})
+            return
+        assert b.remote_trips() == {"d": (T0 + 30.0, reason, "a")}
+        assert a.remote_trips() == {}
+        key = f"{key_tag(fleet.namespace, 'd')}:trip"
+        assert await fleet.raw.get(key) == f"{round((T0 + 30.0) * 1000)}|a|{reason}"
+        assert 25_000 < await fleet.raw.pttl(key) <= 30_000  # PX = until - now
+
+    run(open_fleet, body)
+
+
 # -- what only the Redis store promises -------------------------------------------------------
 
 
@@ -506,12 +534,14 @@ def test_round_trips_per_sync_do_not_grow_with_traffic(open_redis_fleet: OpenFle
 
 class Flaky:
     """A client whose next pipeline can run on Redis but lose its answer (``lose_next``: a
-    timeout), or that is cut off from Redis altogether (``down``)."""
+    timeout), or that is cut off from Redis altogether (``down``); ``before`` runs as a pipeline
+    is sent (what happens while an exchange is on the wire)."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
         self.lose_next = False
         self.down = False
+        self.before: Callable[[], None] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -521,6 +551,8 @@ class Flaky:
         execute = pipe.execute
 
         async def run(*a: Any, **k: Any) -> Any:
+            if self.before is not None:
+                self.before()
             if self.down:
                 raise redis.exceptions.ConnectionError("cut off by the test")
             if self.lose_next:
@@ -757,3 +789,175 @@ def test_the_url_password_is_never_shown_when_redis_refuses_it() -> None:
         _password_free(store, logs, password)
 
     asyncio.run(main())
+
+
+def trip_key(fleet: Fleet, name: str = "d") -> str:
+    return f"{key_tag(fleet.namespace, name)}:trip"
+
+
+def test_a_trip_ends_by_its_until_and_one_already_over_is_never_written(
+    open_redis_fleet: OpenFleet,
+) -> None:
+    """The trip key expires at ``until`` (PX), readers drop a trip whose ``until`` passed, and a
+    trip over before its flush is not sent at all."""
+
+    async def body(fleet: Fleet) -> None:
+        clock = FakeClock()
+        a, b = fleet.store(clock=clock, replica="a"), fleet.store(clock=clock, replica="b")
+        a.window("d")
+        b.window("d")
+        a.publish_trip("d", T0 + 0.3, "short")
+        await a.sync()
+        await b.sync()
+        assert b.remote_trips() == {"d": (T0 + 0.3, "short", "a")}
+        await asyncio.sleep(0.4)  # real time: the key's PX of 300 ms runs out
+        await b.sync()
+        assert not await fleet.raw.exists(trip_key(fleet))
+        assert b.remote_trips() == {}
+        a.publish_trip("d", T0 + 10.0, "long")
+        await a.sync()
+        await b.sync()
+        assert b.remote_trips() == {"d": (T0 + 10.0, "long", "a")}
+        clock.now = T0 + 10.0  # over by the reader's clock, before the key expires
+        assert b.remote_trips() == {}
+        a.publish_trip("d", T0 + 5.0, "already over")  # ignored at once
+        a.publish_trip("d", T0 + 11.0, "over by the flush")
+        clock.now = T0 + 12.0
+        await fleet.raw.delete(trip_key(fleet))
+        await a.sync()
+        assert not await fleet.raw.exists(trip_key(fleet))
+        assert a._deps["d"].trip is None  # dropped, not kept for later flushes
+
+    run(open_redis_fleet, body)
+
+
+def test_the_latest_until_wins_and_an_earlier_trip_does_not_overwrite_it(
+    open_redis_fleet: OpenFleet,
+) -> None:
+    """The trip key keeps the trip that lasts longest, whoever publishes and in whatever order;
+    of two trips queued before one flush, the later ``until`` is sent."""
+
+    async def body(fleet: Fleet) -> None:
+        clock = FakeClock()
+        a, b = fleet.store(clock=clock, replica="a"), fleet.store(clock=clock, replica="b")
+        a.window("d")
+        b.window("d")
+        a.publish_trip("d", T0 + 10.0, "a first")
+        a.publish_trip("d", T0 + 8.0, "a shorter, same flush")
+        await a.sync()
+        b.publish_trip("d", T0 + 5.0, "b earlier")
+        await b.sync()
+        assert b.remote_trips() == {"d": (T0 + 10.0, "a first", "a")}
+        assert (await fleet.raw.get(trip_key(fleet))).endswith("|a|a first")
+        b.publish_trip("d", T0 + 20.0, "b later")
+        await b.sync()
+        await a.sync()
+        assert a.remote_trips() == {"d": (T0 + 20.0, "b later", "b")}
+        assert b.remote_trips() == {}  # its own trip now
+        a.publish_trip("d", T0 + 20.0, "a, same until")  # not later: b's stays
+        await a.sync()
+        assert a.remote_trips() == {"d": (T0 + 20.0, "b later", "b")}
+        assert 15_000 < await fleet.raw.pttl(trip_key(fleet)) <= 20_000
+
+    run(open_redis_fleet, body)
+
+
+def test_a_trip_rides_in_the_same_single_round_trip(open_redis_fleet: OpenFleet) -> None:
+    """Publishing trips adds no round trip: a sync stays one pipeline of one call per deployment."""
+
+    async def body(fleet: Fleet) -> None:
+        store = fleet.store(clock=FakeClock(), replica="a")
+        for name in ("a", "b", "c"):
+            store.window(name)
+        await store.sync()  # the first one also loads the script
+        for name in ("a", "b"):
+            store.publish_trip(name, T0 + 30.0, "5 consecutive failures")
+        before = store.commands_sent
+        await store.sync()
+        assert store.commands_sent - before == 1
+        assert [await fleet.raw.exists(trip_key(fleet, n)) for n in ("a", "b", "c")] == [1, 1, 0]
+
+    run(open_redis_fleet, body)
+
+
+def test_trips_survive_a_stale_spell_on_both_sides(open_redis_fleet: OpenFleet) -> None:
+    """Cut off from Redis, a replica keeps the remote trips it knew until they end, and a trip
+    it publishes meanwhile is delivered once Redis answers again."""
+
+    async def body(fleet: Fleet) -> None:
+        clock = FakeClock()
+        a = fleet.store(clock=clock, replica="a")
+        b, flaky = flaky_store(fleet, clock=clock, replica="b")
+        a.window("d")
+        b.window("d")
+        a.publish_trip("d", T0 + 10.0, "a tripped")
+        await a.sync()
+        await b.sync()
+        flaky.down = True
+        b.publish_trip("d", T0 + 30.0, "b tripped while cut off")
+        await b.sync()
+        await b.sync()
+        assert b.shared().state == "stale"
+        assert b.remote_trips() == {"d": (T0 + 10.0, "a tripped", "a")}
+        clock.now = T0 + 10.0
+        assert b.remote_trips() == {}
+        flaky.down = False
+        await b.sync()
+        await a.sync()
+        assert b.shared().state == "fresh"
+        assert a.remote_trips() == {"d": (T0 + 30.0, "b tripped while cut off", "b")}
+
+    run(open_redis_fleet, body)
+
+
+def test_a_trip_published_during_an_exchange_goes_with_the_next_one(
+    open_redis_fleet: OpenFleet,
+) -> None:
+    """A trip queued while a flush is on the wire is not forgotten when that flush succeeds."""
+
+    async def body(fleet: Fleet) -> None:
+        b, flaky = flaky_store(fleet, clock=FakeClock(), replica="b")
+        b.window("d")
+        b.publish_trip("d", T0 + 10.0, "first")
+
+        def meanwhile() -> None:
+            flaky.before = None
+            b.publish_trip("d", T0 + 20.0, "second")
+
+        flaky.before = meanwhile
+        await b.sync()
+        assert (await fleet.raw.get(trip_key(fleet))).endswith("|b|first")
+        await b.sync()
+        assert (await fleet.raw.get(trip_key(fleet))).endswith("|b|second")
+
+    run(open_redis_fleet, body)
+
+
+def test_a_foreign_trip_key_fails_its_deployment_before_anything_is_written(
+    open_redis_fleet: OpenFleet,
+) -> None:
+    """A trip key of the wrong type is refused like any foreign key: nothing of the call applies
+    until it is gone, then the records and the trip arrive once."""
+
+    async def body(fleet: Fleet) -> None:
+        store = fleet.store(clock=FakeClock(), replica="r")
+        store.window("d").failure("server_error")
+        store.publish_trip("d", T0 + 30.0, "tripped")
+        await fleet.raw.hset(trip_key(fleet), "not", "a string")
+        await store.sync()
+        assert store.shared().state == "stale"
+        assert store.shared().error is not None and "WRONGTYPE" in store.shared().error
+        assert await requests_in_redis(fleet, "d") == 0
+        await fleet.raw.delete(trip_key(fleet))
+        await store.sync()
+        assert store.shared().state == "fresh"
+        assert await requests_in_redis(fleet, "d") == 1
+        assert (await fleet.raw.get(trip_key(fleet))).endswith("|r|tripped")
+
+    run(open_redis_fleet, body)
+
+
+def test_a_replica_id_with_the_trip_separator_is_refused() -> None:
+    """Replica ids are a field of the trip value, so one holding '|' is refused."""
+    with pytest.raises(ValueError, match="replica"):
+        RedisStore("redis://127.0.0.1:6379/0", replica="a|b")

@@ -15,6 +15,11 @@ A :class:`Simulator` answers four questions for one request, without any I/O:
 
 Content: ``content`` when set, else with ``echo`` the last user message (chat) or the prompt
 (completions), else a sentence naming the deployment and model. Tokens are words.
+
+Assistant prefill: when a chat request's last message is the assistant's and the content starts
+with that message's text, the answer is the rest of the content after it (a continuation, as a
+model that supports prefill gives); otherwise the whole content, as a model that ignores prefill
+would answer. The content is deterministic, so a restarted request reproduces it exactly.
 """
 
 from __future__ import annotations
@@ -171,6 +176,11 @@ class Simulator:
             completion = self._canned
         else:
             completion = render.make_completion(echoed, self.settings.chunk_tokens)
+        if endpoint == "chat/completions":
+            prefix = render.assistant_prefill(body["messages"])
+            if prefix and completion.text.startswith(prefix):
+                rest = completion.text[len(prefix) :]
+                completion = render.make_completion(rest, self.settings.chunk_tokens)
         limit = _max_tokens(body)
         if limit is not None and limit < completion.tokens:
             completion = render.make_completion(completion.text, self.settings.chunk_tokens, limit)

@@ -89,6 +89,14 @@ def chat_input_words(messages: list[Any]) -> int:
     return sum(count_words(content_text(m.get("content"))) for m in messages if isinstance(m, dict))
 
 
+def assistant_prefill(messages: list[Any]) -> str | None:
+    """The text of the last message when it is the assistant's (a prefill), else ``None``."""
+    last = messages[-1] if messages else None
+    if isinstance(last, dict) and last.get("role") == "assistant":
+        return content_text(last.get("content"))
+    return None
+
+
 def last_user_text(messages: list[Any]) -> str | None:
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role") == "user":
