@@ -140,6 +140,7 @@ def build_resilience(config: GatewayConfig, monitor: HealthMonitor) -> Resilienc
             store.publish_trip(t.name, time.time() + (t.open_until - t.at), t.reason)
 
     breakers.on_change.append(publish)
+    breakers.on_change.append(lambda _: monitor.invalidate())
     b = r.retry_budget
     return Resilience(
         breakers=breakers,
@@ -153,14 +154,19 @@ async def _follow_trips(monitor: HealthMonitor, resilience: Resilience, interval
     assert resilience.breakers is not None
     breakers = resilience.breakers
     log = get_logger("gateway.breaker")
+    applied: dict[str, tuple[float, str]] = {}  # each trip once: a later local decision stands
     while True:
         await asyncio.sleep(interval)
         try:
             now, wall = time.monotonic(), time.time()
             for name, (until, reason, replica) in monitor.store.remote_trips().items():
-                if until > wall and name in monitor.names:
-                    breaker = breakers.get(name)
-                    breaker.remote_open(now + (until - wall), f"{reason} (replica {replica})", now)
+                if until <= wall or name not in monitor.names:
+                    continue
+                if applied.get(name) == (until, replica):
+                    continue
+                applied[name] = (until, replica)
+                breaker = breakers.get(name)
+                breaker.remote_open(now + (until - wall), f"{reason} (replica {replica})", now)
         except Exception:  # never let the follower die
             log.exception("breaker trip follower error")
 

@@ -304,6 +304,16 @@ class Breaker:
 
     # --- the hot path --------------------------------------------------------------------
 
+    def can_admit(self, now: float) -> bool:
+        """Would :meth:`allow` admit an attempt now? (Reserves nothing: for choosing where the
+        next attempt goes.)"""
+        if self._admit_all:
+            return True
+        state = self._state
+        if state == OPEN:
+            return self._open_until is not None and now >= self._open_until
+        return state == HALF_OPEN and self._trials < self.settings.half_open_trials
+
     def allow(self, now: float) -> Permit:
         """May an attempt start now? A truthy permit to pass to the outcome, or ``DENIED``.
 

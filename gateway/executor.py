@@ -1,30 +1,33 @@
 """Walk a plan of deployments until one answers: the execute step of the request path.
 
-This is the foundation's executor: an ordered walk under one overall deadline. The resilience
-issue replaces the loop with breakers, backoff and a retry budget; the contract stays: ``execute``
-returns an :class:`Attempt` that answered, or raises the error the caller should see.
+``execute`` returns an :class:`Attempt` that answered, or raises the error the caller should
+see; :func:`execute`'s docstring lists its steps (first attempt direct, then a fresh tenacity
+chain, breaker permits, health and breaker recording).
 
 Per error class (:class:`gateway.errors.Action`):
 
 1. ``retry-same`` (connection refused/reset before any byte, a 5xx): one more try on the same
-   deployment, then fail over;
-2. ``fail-over`` (429, 503, timeouts, broken or garbage answers): the next deployment;
+   deployment after a full-jitter backoff, then fail over;
+2. ``fail-over`` (429, 503, timeouts, broken or garbage answers): the next deployment, at once;
+   one that asked for a pause may be tried again last, after it;
 3. ``fail-over-larger-context``: the next deployment whose context window is larger (or unknown);
    when there is none, the provider's own error;
 4. ``dont-retry``: the provider's status and reason go to the caller at once.
 
-A deployment at its ``max_concurrency`` is skipped. For streams, an attempt only counts as answered
-once its first event has arrived, so a failure before the first chunk fails over invisibly.
+A deployment at its ``max_concurrency`` or whose breaker takes no traffic is skipped. For
+streams, an attempt only counts as answered once its first event has arrived, so a failure
+before the first chunk fails over invisibly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from gateway.breakers import Breakers
+from gateway.breakers import Breaker, Breakers
 from gateway.errors import (
     Action,
     ContextLengthExceeded,
@@ -34,6 +37,7 @@ from gateway.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
+from gateway.hedging import hedge_delay, hedged
 from gateway.providers.base import (
     Provider,
     ProviderCall,
@@ -41,7 +45,7 @@ from gateway.providers.base import (
     ProviderStream,
     Usage,
 )
-from gateway.retrying import RetryBudget, RetrySettings, retrying
+from gateway.retrying import RetryBudget, RetrySettings, is_retryable, retrying
 from health.window import RollingWindow
 
 E = TypeVar("E", bound=GatewayError)
@@ -127,6 +131,8 @@ class Attempt:
     rest: list[Deployment] = field(default_factory=list)
     call: ProviderCall | None = None
     deadline: float = 0.0
+    breaker: Breaker | None = None  # a stream's breaker and permit, reported to in finish()
+    permit: int = 0
     _released: bool = False
 
     def release(self) -> None:
@@ -140,13 +146,21 @@ class Attempt:
         if self._released:
             return
         self.release()
+        breaker, self.breaker = self.breaker, None
         if not record or isinstance(self.result, ProviderResponse):
+            if breaker is not None:
+                breaker.cancelled(self.permit)
             return
         usage = self.result.state.usage
+        now = asyncio.get_running_loop().time()
         if error is None:
             self.deployment.succeeded(self.started, self.ttft, usage)
+            if breaker is not None:
+                breaker.success(self.permit, now)
         else:
             self.deployment.failed(error, usage)
+            if breaker is not None:
+                _breaker_failure(breaker, self.permit, error, self.deployment, now)
 
 
 @dataclass(slots=True)
@@ -165,18 +179,32 @@ _NO_RESILIENCE = Resilience(retry=RetrySettings(max_attempts=64, same_deployment
 class _Walk:
     """Which deployment each attempt goes to (see :func:`execute`, steps 1-3)."""
 
-    __slots__ = ("breakers", "current", "min_context", "plan", "pushed_back", "retry", "tried")
+    __slots__ = (
+        "breakers",
+        "clock",
+        "current",
+        "min_context",
+        "plan",
+        "pushed_back",
+        "retry",
+        "tried",
+    )
 
     def __init__(
-        self, plan: list[Deployment], breakers: Breakers | None, retry: RetrySettings
+        self,
+        plan: list[Deployment],
+        breakers: Breakers | None,
+        retry: RetrySettings,
+        clock: Callable[[], float],
     ) -> None:
         self.plan = plan
         self.breakers = breakers
         self.retry = retry
+        self.clock = clock
         self.tried: dict[str, int] = {}
         self.pushed_back: set[str] = set()  # 429 / 503 / 529 with no pause, or one we can wait
         self.min_context: int | None = None
-        self.current: Deployment | None = self._fresh()
+        self.current: Deployment | None = self.fresh()
 
     def _usable(self, dep: Deployment) -> bool:
         if (
@@ -187,9 +215,26 @@ class _Walk:
             return False
         if dep.max_concurrency is not None and dep.inflight >= dep.max_concurrency:
             return False
-        return self.breakers is None or self.breakers.state(dep.name) not in BLOCKED
+        return self.breakers is None or self.breakers.get(dep.name).can_admit(self.clock())
 
-    def _fresh(self) -> Deployment | None:
+    def admit(self) -> tuple[Deployment | None, Breaker | None, int]:
+        """The deployment of this attempt and its breaker permit. One whose breaker refuses
+        after all (its half-open trials were taken meanwhile) is passed over for the next
+        usable one, within the same attempt."""
+        while True:
+            dep = self.current
+            if dep is None:
+                return None, None, 0
+            if self.breakers is None:
+                return dep, None, 1
+            breaker = self.breakers.get(dep.name)
+            permit = breaker.allow(self.clock())
+            if permit:
+                return dep, breaker, permit
+            self.tried.setdefault(dep.name, 0)
+            self.current = self.fresh()
+
+    def fresh(self) -> Deployment | None:
         for dep in self.plan:
             if dep.name not in self.tried and self._usable(dep):
                 return dep
@@ -198,7 +243,8 @@ class _Walk:
     def next(self, error: ProviderError) -> str | None:
         """The deployment after ``error`` (tenacity's ``choose_next``; reserves nothing)."""
         dep = self.current
-        assert dep is not None
+        if dep is None:
+            return None
         action = error.action
         if action is Action.FAIL_OVER_LARGER_CONTEXT:
             self.min_context = max(self.min_context or 0, dep.context_window or 0)
@@ -216,7 +262,7 @@ class _Walk:
         ):
             choice = dep
         if choice is None:
-            choice = self._fresh()
+            choice = self.fresh()
         if choice is None:  # every deployment tried: one that only asked for a pause may wait
             for candidate in self.plan:
                 if candidate.name in self.pushed_back and self._usable(candidate):
@@ -233,21 +279,27 @@ async def execute(
     deadline: float,
     resilience: Resilience | None = None,
     retry: RetrySettings | None = None,
+    hedge: Mapping[str, Any] | None = None,
 ) -> Attempt:
     """Try the plan under ``deadline`` (a ``loop.time()`` value); see the module docstring.
 
     1. The first attempt goes to the first deployment of the plan that is usable: context large
-       enough (after a context-length failure), below its ``max_concurrency``, breaker not
-       open / forced open / drained.
-    2. After a retryable failure, the next attempt goes to the same deployment for a
-       retry-same error (up to ``same_deployment_retries`` times), else to the next usable
-       deployment not yet tried, else to one that asked for a pause (``Retry-After``).
-    3. The tenacity chain (:func:`gateway.retrying.retrying`) decides whether and when:
-       immediately for a fresh deployment, after the requested pause or a full-jitter backoff
-       otherwise, never past the deadline, ``max_attempts`` or the retry budget.
-    4. Each attempt asks the deployment's breaker for a permit, is recorded in its health
-       window and breaker (a cancellation or caller error never counts against it), and after
-       a failure the breaker also judges the window's failure rate.
+       enough (after a context-length failure), below its ``max_concurrency``, and its breaker
+       would admit it. It is made directly: no retry chain is built for a request that succeeds
+       at once (most of them). With a route ``hedge`` section, a second first attempt starts on
+       the next usable deployment if the first has not answered in time (:mod:`gateway.hedging`;
+       it spends a retry-budget token); the first answer wins.
+    2. After a retryable failure, the tenacity chain (:func:`gateway.retrying.retrying`, fresh
+       for this request) takes over, starting from that failure: the next attempt goes to the
+       same deployment for a retry-same error (up to ``same_deployment_retries`` times), else
+       to the next usable deployment not yet tried (at once), else to one that asked for a
+       pause it is worth waiting for (after it, or after a full-jitter backoff) — never past
+       the deadline, ``max_attempts`` or the retry budget.
+    3. Each attempt takes a breaker permit (a deployment whose breaker refuses after all is
+       skipped within the same attempt, never counted as one), is recorded in the deployment's
+       health window and breaker (a cancellation or caller error never counts against it; a
+       stream reports when it ends, see :meth:`Attempt.finish`), and after a failure the
+       breaker also judges the window's failure rate.
     """
     res = resilience if resilience is not None else _NO_RESILIENCE
     settings = retry if retry is not None else res.retry
@@ -255,103 +307,159 @@ async def execute(
     breakers = res.breakers
     if res.budget is not None:
         res.budget.record_request()
-    walk = _Walk(plan, breakers, settings)
+    walk = _Walk(plan, breakers, settings, loop.time)
     errors: list[ProviderError] = []
-    attempts = 0
+    counter = [0]  # attempts made (a refusal by a breaker is not one)
     fair_share = (deadline - loop.time()) / 2  # see _short_changed
     if walk.current is None:
-        raise _exhausted(_unusable(plan, breakers), 0, deadline_hit=False)
-    try:
-        async for chain_attempt in retrying(
-            settings,
-            deadline=deadline,
-            choose_next=walk.next,
-            loop_time=loop.time,
-            rng=res.rng,
-            budget=res.budget,
-        ):
-            with chain_attempt:
-                dep = walk.current
-                if dep is None:  # the chain asked for an attempt nobody can take
-                    raise _exhausted(errors, attempts, deadline_hit=False)
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise _exhausted(errors, attempts, deadline_hit=True)
-                breaker = breakers.get(dep.name) if breakers is not None else None
-                permit = breaker.allow(loop.time()) if breaker is not None else 1
-                if not permit:  # half-open and its trials are taken, or opened meanwhile
-                    refused = ProviderUnavailable(
-                        f"circuit breaker {breaker.state if breaker else 'open'}",
-                        deployment=dep.name,
-                    )
-                    walk.tried[dep.name] = walk.tried.get(dep.name, 0) + 1
-                    errors.append(refused)
-                    raise refused
-                attempts += 1
-                walk.tried[dep.name] = walk.tried.get(dep.name, 0) + 1
-                call.timeout = remaining
-                window = dep.window
-                window.inflight += 1
-                started = loop.time()
+        raise _exhausted(_unusable(plan, breakers, loop.time()), 0, deadline_hit=False)
+
+    async def attempt() -> Attempt:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise _exhausted(errors, counter[0], deadline_hit=True)
+        dep, breaker, permit = walk.admit()
+        if dep is None:  # every usable deployment refused a permit: the last real cause
+            if errors:
+                raise errors[-1]
+            raise _exhausted(_unusable(plan, breakers, loop.time()), 0, deadline_hit=False)
+        counter[0] += 1
+        walk.tried[dep.name] = walk.tried.get(dep.name, 0) + 1
+        call.timeout = remaining
+        window = dep.window
+        window.inflight += 1
+        started = loop.time()
+        try:
+            result = await dep.provider.send(call)
+            first = None
+            if not isinstance(result, ProviderResponse):
                 try:
-                    result = await dep.provider.send(call)
-                    first = None
-                    if not isinstance(result, ProviderResponse):
-                        try:
-                            first = await anext(aiter(result))
-                        except BaseException:
-                            await result.aclose()
-                            raise
-                except ProviderError as exc:
-                    window.inflight -= 1
-                    counted = not _short_changed(exc, dep, call.stream, remaining, fair_share)
-                    if counted:
-                        dep.failed(exc)
-                    if breaker is not None:
-                        if counted:
-                            now = loop.time()
-                            breaker.failure(permit, exc.health_class, now)
-                            stats = dep.window.stats()
-                            judged = stats.requests - stats.error_count("caller_error")
-                            breaker.judge_rate(judged, stats.error_rate, now)
-                        else:
-                            breaker.cancelled(permit)
-                    errors.append(exc)
-                    raise
+                    first = await anext(aiter(result))
                 except BaseException:
-                    window.inflight -= 1
-                    if breaker is not None:
-                        breaker.cancelled(permit)
+                    await result.aclose()
                     raise
-                if breaker is not None:
-                    breaker.success(permit, loop.time())
-                if first is None:
-                    assert isinstance(result, ProviderResponse)
-                    dep.succeeded(started, None, result.usage)
-                    return Attempt(dep, result, attempts, None, errors, started=started)
-                ttft = loop.time() - started
-                return Attempt(dep, result, attempts, first, errors, started=started, ttft=ttft)
+        except ProviderError as exc:
+            window.inflight -= 1
+            counted = not _short_changed(exc, dep, call.stream, remaining, fair_share)
+            if counted:
+                dep.failed(exc)
+            if breaker is not None:
+                if counted:
+                    _breaker_failure(breaker, permit, exc, dep, loop.time())
+                else:
+                    breaker.cancelled(permit)
+            errors.append(exc)
+            raise
+        except BaseException:
+            window.inflight -= 1
+            if breaker is not None:
+                breaker.cancelled(permit)
+            raise
+        if first is None:
+            assert isinstance(result, ProviderResponse)
+            if breaker is not None:
+                breaker.success(permit, loop.time())
+            dep.succeeded(started, None, result.usage)
+            return Attempt(dep, result, counter[0], None, errors, started=started)
+        # a stream reports to its breaker when it ends (Attempt.finish): a cut stream is a
+        # failure even though its first event came
+        ttft = loop.time() - started
+        return Attempt(
+            dep,
+            result,
+            counter[0],
+            first,
+            errors,
+            started=started,
+            ttft=ttft,
+            breaker=breaker,
+            permit=permit,
+        )
+
+    # 1. The first attempt, without a chain (hedged when the route says so).
+    delay = None
+    if hedge:
+        first_dep = walk.current
+        p95 = None
+        if hedge.get("after") == "p95":
+            stats = first_dep.window.stats()
+            p95 = stats.ttft.p95 if call.stream else stats.latency.p95
+        delay = hedge_delay(hedge, p95)
+
+    def second() -> Awaitable[Attempt] | None:
+        nxt = walk.fresh()
+        if nxt is None or (res.budget is not None and not res.budget.try_spend()):
+            return None
+        walk.current = nxt
+        return attempt()
+
+    try:
+        if delay is None:
+            return await attempt()
+        return await hedged(attempt, second, delay, _discard)
+    except ProviderError as exc:
+        failed = exc
+    if not is_retryable(failed):
+        raise _stamped(failed, counter[0], errors)
+    # 2. The chain, starting from that failure (replayed as its first attempt).
+    chain = retrying(
+        settings,
+        deadline=deadline,
+        choose_next=walk.next,
+        loop_time=loop.time,
+        rng=res.rng,
+        budget=res.budget,
+    )
+    replay: ProviderError | None = failed
+    try:
+        async for chain_attempt in chain:
+            with chain_attempt:
+                if replay is not None:
+                    first_failure, replay = replay, None
+                    raise first_failure
+                return await attempt()
     except ProviderError as exc:
         if exc.action is Action.DONT_RETRY or exc.action is Action.CALLER_ERROR:
-            raise _stamped(exc, attempts, errors) from None
+            raise _stamped(exc, counter[0], errors) from None
         if isinstance(exc, ContextLengthExceeded) and walk.current is None:
-            raise _stamped(exc, attempts, errors) from None
-        if loop.time() >= deadline:
-            raise _exhausted(errors, attempts, deadline_hit=True) from None
-        raise _exhausted(errors, attempts, deadline_hit=False) from None
+            raise _stamped(exc, counter[0], errors) from None
+        stopped = chain.statistics.get("stop_reason")
+        if loop.time() >= deadline:  # a pause that would outlast it reports its own cause
+            raise _exhausted(errors, counter[0], deadline_hit=True) from None
+        raise _exhausted(errors, counter[0], deadline_hit=False, stopped=stopped) from None
     raise AssertionError("the retry chain ended without an answer or an error")
+
+
+async def _discard(loser: Attempt) -> None:
+    """An answer that lost a hedge race: close it, give its slot and permit back."""
+    if isinstance(loser.result, ProviderResponse):
+        loser.release()
+        return
+    await loser.result.aclose()
+    loser.finish(record=False)
+
+
+def _breaker_failure(
+    breaker: Breaker, permit: int, exc: ProviderError, dep: Deployment, now: float
+) -> None:
+    """A counted failure: the consecutive rule, then the window's failure rate."""
+    breaker.failure(permit, exc.health_class, now)
+    if breaker.state == "closed":
+        stats = dep.window.stats()
+        judged = stats.requests - stats.error_count("caller_error")
+        breaker.judge_rate(judged, stats.error_rate, now)
 
 
 BLOCKED = frozenset({"open", "forced-open", "drained"})  # breaker states that take no traffic
 
 
-def _unusable(plan: list[Deployment], breakers: Breakers | None) -> list[ProviderError]:
-    """Why no deployment of ``plan`` can take a first attempt (for the error message)."""
+def _unusable(plan: list[Deployment], breakers: Breakers | None, now: float) -> list[ProviderError]:
+    """Why no deployment of ``plan`` can take an attempt (for the error message)."""
     reasons: list[ProviderError] = []
     for dep in plan:
         if dep.max_concurrency is not None and dep.inflight >= dep.max_concurrency:
             why = f"at its max_concurrency ({dep.max_concurrency})"
-        elif breakers is not None and breakers.state(dep.name) in BLOCKED:
+        elif breakers is not None and not breakers.get(dep.name).can_admit(now):
             why = f"circuit breaker {breakers.state(dep.name)}"
         else:
             continue
@@ -380,8 +488,18 @@ def _stamped(err: E, attempts: int, errors: list[ProviderError]) -> E:
     return err
 
 
+_STOPPED = {
+    "budget": "the retry budget is spent (too many retries across requests)",
+    "max_attempts": "max_attempts reached",
+}
+
+
 def _exhausted(
-    errors: list[ProviderError], attempts: int, *, deadline_hit: bool
+    errors: list[ProviderError],
+    attempts: int,
+    *,
+    deadline_hit: bool,
+    stopped: str | None = None,
 ) -> NoDeploymentAvailable:
     last = errors[-1] if errors else None
     if deadline_hit:
@@ -392,11 +510,15 @@ def _exhausted(
         errors.append(last)
     if last is None:
         err = NoDeploymentAvailable("no deployment could take the request")
+    elif attempts == 0 and not deadline_hit:  # nothing was sent: say why each was passed over
+        reasons = "; ".join(f"{e.deployment}: {e.message}" for e in errors)
+        err = NoDeploymentAvailable(f"no deployment could take the request: {reasons}")
     else:
         tried = ", ".join(dict.fromkeys(e.deployment for e in errors if e.deployment))
         err = NoDeploymentAvailable(
             f"every deployment failed ({attempts} attempt{'s' if attempts != 1 else ''} over "
-            f"{tried}); last error from `{last.deployment}`: {last.message}",
+            f"{tried}{'; stopped: ' + _STOPPED[stopped] if stopped in _STOPPED else ''}); "
+            f"last error from `{last.deployment}`: {last.message}",
             last=last,
         )
     return _stamped(err, attempts, errors)

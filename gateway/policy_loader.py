@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,21 +168,42 @@ def load_policy(
 
 
 def _check_resilience(source: PolicySource) -> None:
-    """The free-form ``retry`` sections (defaults and routes) must be retry settings the
-    gateway understands: reported with file and line like every other problem."""
+    """The free-form ``retry`` and ``hedge`` sections (defaults and routes) must be settings the
+    gateway understands, and ``breaker`` / ``fallback`` (which it does not read from a policy)
+    must be absent — never accepted silently. Reported with file and line."""
+    from gateway.hedging import hedge_delay
     from gateway.retrying import RetrySettings
 
+    def unsupported(key: str, instead: str) -> Callable[[Any], None]:
+        def check(section: Any) -> None:
+            raise ValueError(f"`{key}` settings are not read from policies; {instead}")
+
+        return check
+
+    checks: dict[str, Callable[[Any], Any]] = {
+        "retry": RetrySettings.from_mapping,
+        "hedge": lambda section: hedge_delay(section, None),
+        "breaker": unsupported(
+            "breaker", "breakers belong to deployments: set resilience.breaker in the config"
+        ),
+        "fallback": unsupported(
+            "fallback", "the candidates' order and the retry settings decide fall-back"
+        ),
+    }
     issues: list[ConfigIssue] = []
     for file, document in source.documents:
         sections: list[tuple[tuple[Any, ...], Any]] = []
-        if document.defaults is not None:
-            sections.append((("defaults", "retry"), document.defaults.retry))
-        sections.extend((("routes", i, "retry"), r.retry) for i, r in enumerate(document.routes))
+        for key in checks:
+            if document.defaults is not None:
+                sections.append((("defaults", key), getattr(document.defaults, key)))
+            sections.extend(
+                (("routes", i, key), getattr(r, key)) for i, r in enumerate(document.routes)
+            )
         for where, section in sections:
             if not section:
                 continue
             try:
-                RetrySettings.from_mapping(section)
+                checks[where[-1]](section)
             except ValueError as exc:
                 doc = source.yaml.get(file)
                 reason = str(exc)

@@ -18,7 +18,7 @@ The executor walks a plan; this module times the walk. One chain per client requ
    backoff (:func:`backoff`) when it is the deployment that just failed (retry-same); else zero:
    failing over to a fresh deployment is immediate.
 6. **Stop?** At ``max_attempts``, when no deployment is left, when the wait would reach the
-   request's deadline, or when the fleet :class:`RetryBudget` refuses; the last error is
+   request's deadline, or when the replica's :class:`RetryBudget` refuses; the last error is
    re-raised. The budget is asked last, so a token is spent only on a retry that happens and
    ``exhausted`` counts only retries the budget alone prevented. The reason is left in
    ``statistics["stop_reason"]`` of the chain.
@@ -431,7 +431,7 @@ def retrying(
       owns the walk; it may be asked for an attempt that then does not happen (a stop wins), so
       it must not reserve anything.
     - ``loop_time``: the clock of ``deadline`` (the running loop's ``time`` by default).
-    - ``budget``: the fleet's :class:`RetryBudget`; the caller records each request in it.
+    - ``budget``: this replica's :class:`RetryBudget`; the caller records each request in it.
     - ``should_retry(exc)``: an extra veto (e.g. a stream that already reached the caller); it
       cannot make a non-retryable error retryable.
     - ``before_sleep``: called with :class:`RetryDetails` before each retry (for the log).

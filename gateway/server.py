@@ -47,6 +47,7 @@ from aiohttp import web
 
 from gateway.admin import Admin
 from gateway.config import GatewayConfig
+from gateway.continuation import continue_stream
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -271,6 +272,7 @@ class Gateway:
                 deadline=deadline,
                 resilience=self.resilience,
                 retry=self._retry_settings(plan),
+                hedge=plan.resilience.get("hedge"),
             )
             # what a stream needs to continue elsewhere if it breaks after its first chunk
             attempt.call, attempt.deadline = call, deadline
@@ -328,8 +330,7 @@ class Gateway:
                 except ProviderError as exc:
                     broken = exc
                     attempt.finish(exc)  # the break is the deployment's: recorded, slot back
-                    from gateway.continuation import continue_stream
-
+                    self._prepare_continuation(attempt)
                     rescue = continue_stream(attempt, exc)
                 if rescue is not None:  # finish the answer elsewhere, or end with the error
                     async for event in rescue:
@@ -362,6 +363,26 @@ class Gateway:
                 attempt.finish(broken, record=record)
         await resp.write_eof()
         return resp
+
+    def _prepare_continuation(self, attempt: Attempt) -> None:
+        """Who may finish a stream that broke mid-way, decided when it broke: deployments of
+        the plan that did not fail earlier in this request and whose breaker would admit them
+        now, if the retry budget allows one more leg; and a deadline of its own (a long answer
+        may break after the request's deadline has passed)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        failed = {e.deployment for e in attempt.errors}
+        breakers = self.resilience.breakers
+        budget = self.resilience.budget
+        if budget is not None and not budget.try_spend():
+            attempt.rest = []
+            return
+        attempt.rest = [
+            d
+            for d in attempt.rest
+            if d.name not in failed and (breakers is None or breakers.get(d.name).can_admit(now))
+        ]
+        attempt.deadline = max(attempt.deadline, now + self._timeout)
 
     def _deadline_for(self, request: web.Request) -> float:
         """The request's overall deadline in seconds: ``server.request_timeout``, or less when

@@ -67,6 +67,11 @@ class HealthMonitor:
     def status(self, name: str) -> Status:
         return self.snapshot(name).status
 
+    def invalidate(self) -> None:
+        """Rebuild the view on the next read (a breaker changed state: routing must see it now,
+        not up to ``max_age`` later)."""
+        self._view = None
+
     def view(self, max_age: float = 0.1) -> HealthSnapshot:
         """Every deployment's :class:`DeploymentView`, rebuilt at most every ``max_age``
         seconds (requests in between share one immutable snapshot)."""

@@ -66,7 +66,7 @@ Names = Annotated[tuple[str, ...], BeforeValidator(_one_or_many)]
 Values = Annotated[tuple[Annotated[str, Field(min_length=1)], ...], BeforeValidator(_one_or_many)]
 Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Quality = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
-Section = dict[str, Any]  # retry / fallback / breaker / hedge: validated by the resilience layer
+Section = dict[str, Any]  # retry / hedge: read by the gateway; breaker / fallback: refused
 
 
 class _Model(BaseModel):

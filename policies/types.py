@@ -105,8 +105,8 @@ class Route:
     weights: Weights = Weights()
     constraints: RouteConstraints = RouteConstraints()
     default_output_tokens: int = 256  # output estimate when the request sets no max_tokens
-    # retry / fallback / breaker / hedging settings as validated mappings, for the resilience
-    # layer; the engine carries them without reading them.
+    # the route's `retry` and `hedge` mappings, for the gateway's executor (which validates
+    # them when the policy loads); the engine carries them without reading them.
     resilience: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -54,8 +54,6 @@ defaults:
     require_tags: [chat]
   default_output_tokens: 300
   retry: {max_attempts: 3, base_delay: 100ms}
-  fallback: {on_errors: [timeout]}
-  breaker: {failures: 5}
   hedge: {after: 2s}
 quality: {big: 0.9, cheap-b: 0.2}
 routes:
@@ -147,7 +145,7 @@ def test_route_inherits_and_overrides_defaults_field_by_field(tmp_path: Path) ->
     assert dict(premium.resilience["retry"]) == {"max_attempts": 5, "base_delay": "100ms"}
     assert dict(premium.resilience["hedge"]) == {"after": "1s"}
     assert dict(rest.resilience["hedge"]) == {"after": "2s"}
-    assert set(premium.resilience) == {"retry", "fallback", "breaker", "hedge"}
+    assert set(premium.resilience) == {"retry", "hedge"}
     with pytest.raises(TypeError):
         premium.resilience["retry"]["attempts"] = 1  # type: ignore[index]
 
