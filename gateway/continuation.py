@@ -65,7 +65,7 @@ from gateway.errors import (
     ProviderRejected,
     ProviderTimeout,
 )
-from gateway.executor import Attempt, Deployment
+from gateway.executor import Attempt, Deployment, first_event
 from gateway.http import sse_error
 from gateway.providers.base import DONE_EVENT, ProviderCall, ProviderResponse, ProviderStream
 
@@ -207,11 +207,7 @@ class _Run:
                     raise BadUpstreamResponse(
                         "answered a streaming request with a whole body", deployment=dep.name
                     )
-                try:
-                    first = await anext(aiter(result))
-                except BaseException:
-                    await result.aclose()
-                    raise
+                first = await first_event(result)
         except ProviderError as exc:
             window.inflight -= 1
             dep.failed(exc)

@@ -331,13 +331,7 @@ async def execute(
         started = loop.time()
         try:
             result = await dep.provider.send(call)
-            first = None
-            if not isinstance(result, ProviderResponse):
-                try:
-                    first = await anext(aiter(result))
-                except BaseException:
-                    await result.aclose()
-                    raise
+            first = None if isinstance(result, ProviderResponse) else await first_event(result)
         except ProviderError as exc:
             window.inflight -= 1
             counted = not _short_changed(exc, dep, call.stream, remaining, fair_share)
@@ -428,6 +422,15 @@ async def execute(
             raise _exhausted(errors, counter[0], deadline_hit=True) from None
         raise _exhausted(errors, counter[0], deadline_hit=False, stopped=stopped) from None
     raise AssertionError("the retry chain ended without an answer or an error")
+
+
+async def first_event(stream: ProviderStream) -> bytes:
+    """A stream's first event (it counts as answered only then); closed if that fails."""
+    try:
+        return await anext(aiter(stream))
+    except BaseException:
+        await stream.aclose()
+        raise
 
 
 async def _discard(loser: Attempt) -> None:

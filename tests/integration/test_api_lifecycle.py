@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from polling import wait_for
 from structlog.testing import capture_logs
 
 USER = [{"role": "user", "content": "hello"}]
@@ -45,12 +46,6 @@ def _requests(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in logs if e["event"] == "request"]
 
 
-def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
 def test_concurrency_slot_is_given_back_after_every_request(
     gateway: Any, scripted_upstream: Any
 ) -> None:
@@ -76,7 +71,7 @@ def test_caller_that_gives_up_frees_its_slot_and_is_logged_as_499(
     with capture_logs() as logs:
         with pytest.raises(openai.APITimeoutError):
             _client(gw.url, timeout=0.3).chat.completions.create(model="chat", messages=USER)
-        _wait_for(lambda: len(_requests(logs)) == 1)
+        wait_for(lambda: len(_requests(logs)) == 1)
         raw = _client(gw.url).chat.completions.with_raw_response.create(model="chat", messages=USER)
     assert raw.headers["x-gateway-deployment"] == "primary"  # not skipped as saturated
     first = _requests(logs)[0]
@@ -97,12 +92,12 @@ def test_caller_closing_a_stream_early_is_not_an_error(
             if i == 3:
                 break
         stream.close()
-        _wait_for(lambda: len(_requests(logs)) == 1)
+        wait_for(lambda: len(_requests(logs)) == 1)
     event = _requests(logs)[0]
     assert (event["status"], event["outcome"]) == (499, "caller_disconnected")
     assert event["log_level"] == "info"
     assert not any(e["log_level"] == "error" for e in logs)
-    _wait_for(up.abandoned.is_set)
+    wait_for(up.abandoned.is_set)
     assert up.abandoned.is_set()
 
 

@@ -13,8 +13,6 @@ import json
 import os
 import re
 import socket
-import time
-from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
@@ -23,6 +21,7 @@ import openai
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
+from polling import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
@@ -84,17 +83,6 @@ def _report(url: str, **headers: str) -> dict[str, Any]:
 
 def _deployments(url: str) -> dict[str, dict[str, Any]]:
     return {d["name"]: d for d in _report(url)["deployments"]}
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
 
 
 def _closed_port() -> int:
@@ -213,7 +201,7 @@ def test_stream_records_time_to_first_token_and_a_cut_stream_as_stream_broken(
     assert window["latency_ms"]["mean"] is None
     with pytest.raises(openai.APIError):
         list(client.chat.completions.create(model="chat", messages=USER, stream=True))
-    assert _wait_for(lambda: _deployments(gw.url)["primary"]["window"]["requests"] == 2)
+    assert wait_for(lambda: _deployments(gw.url)["primary"]["window"]["requests"] == 2)
     window = _deployments(gw.url)["primary"]["window"]
     assert (window["successes"], window["errors"]) == (1, {"stream_broken": 1})
     assert window["inflight"] == 0
@@ -307,7 +295,7 @@ deployments:
     def states() -> dict[str, str]:
         return {name: d["status"] for name, d in _deployments(gw.url).items()}
 
-    assert _wait_for(lambda: states() == {"flaky": "ejected", "gone": "ejected"})
+    assert wait_for(lambda: states() == {"flaky": "ejected", "gone": "ejected"})
     deps = _deployments(gw.url)
     assert re.fullmatch(r"\d+ probes failed: upstream says 503", deps["flaky"]["reason"])
     assert re.fullmatch(r"\d+ probes failed: cannot reach upstream: .*", deps["gone"]["reason"])
@@ -329,7 +317,7 @@ deployments:
     }
 
     up.models_script.clear()  # the upstream answers again
-    assert _wait_for(lambda: states()["flaky"] == "healthy")
+    assert wait_for(lambda: states()["flaky"] == "healthy")
     deps = _deployments(gw.url)
     assert deps["flaky"]["reason"] == "no requests in the last 60 s; last probe ok"
     assert deps["flaky"]["probes"][0]["ok"] is True
@@ -364,9 +352,9 @@ deployments:
         status: str = _deployments(gw.url)["sim"]["status"]
         return status
 
-    assert _wait_for(lambda: state() == "ejected", timeout=3)
+    assert wait_for(lambda: state() == "ejected", timeout=3)
     assert httpx.get(f"{gw.url}/readyz", timeout=5).json()["ejected_deployments"] == 1
-    assert _wait_for(lambda: state() == "healthy", timeout=5)
+    assert wait_for(lambda: state() == "healthy", timeout=5)
     assert httpx.get(f"{gw.url}/readyz", timeout=5).json()["ejected_deployments"] == 0
 
 

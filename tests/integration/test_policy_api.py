@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from polling import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import build_app
@@ -181,15 +182,6 @@ def _route(raw: Any) -> tuple[str, str]:
 
 def _explain(url: str, body: Any, **headers: str) -> httpx.Response:
     return httpx.post(f"{url}/admin/route/explain", json=body, headers=headers, timeout=5)
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def _closed_port() -> int:
@@ -454,7 +446,7 @@ routes:
         report = httpx.get(f"{gw.url}/admin/deployments", timeout=5).json()
         return {d["name"]: d["status"] for d in report["deployments"]}
 
-    assert _wait_for(lambda: states() == {"gone": "ejected", "sick": "ejected", "well": "healthy"})
+    assert wait_for(lambda: states() == {"gone": "ejected", "sick": "ejected", "well": "healthy"})
     client = _client(gw.url)
     raw = _chat(client)
     assert _route(raw) == ("main", "well")

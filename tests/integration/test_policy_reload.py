@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from gatewayproc import start_gateway
+from polling import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.policy_loader import policy_version
@@ -172,15 +173,6 @@ class Load:
         return [r for r in self.results if r.status != 200]
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def _check_switch(
     results: list[Result], written: float, old: tuple[str, str], new: tuple[str, str]
 ) -> float:
@@ -239,7 +231,7 @@ def test_invalid_edit_under_load_keeps_the_old_policy_until_the_file_is_fixed(
     with Load(gw.url) as load:
         time.sleep(0.3)
         gw.policy.write_text(UNKNOWN)
-        assert _wait_for(lambda: gw.status()["last_error"] is not None)
+        assert wait_for(lambda: gw.status()["last_error"] is not None)
         status = gw.status()
         assert status["version"] == old
         assert status["last_error"] == (
@@ -251,7 +243,7 @@ def test_invalid_edit_under_load_keeps_the_old_policy_until_the_file_is_fixed(
         time.sleep(0.3)  # traffic on the old policy while the bad file sits there
         gw.policy.write_text(BA)
         fixed = time.monotonic()
-        assert _wait_for(lambda: gw.status()["version"] == new)
+        assert wait_for(lambda: gw.status()["version"] == new)
         time.sleep(SWITCH_BOUND + 0.2)
     assert load.failures() == []
     _check_switch(load.results, fixed, (old, "a"), (new, "b"))
@@ -273,12 +265,12 @@ def test_a_partial_write_never_fails_a_request_and_ends_on_the_new_version(
         with gw.policy.open("w") as f:
             f.write(BA[:cut])
             f.flush()
-            assert _wait_for(lambda: gw.status()["last_error"] is not None)
+            assert wait_for(lambda: gw.status()["last_error"] is not None)
             assert "invalid YAML" in gw.status()["last_error"]
             assert gw.status()["version"] == old
             time.sleep(0.2)
             f.write(BA[cut:])
-        assert _wait_for(lambda: gw.status()["version"] == new)
+        assert wait_for(lambda: gw.status()["version"] == new)
         time.sleep(0.3)
     assert load.failures() == []
     assert {(r.version, r.deployment) for r in load.results} == {(old, "a"), (new, "b")}
@@ -295,14 +287,14 @@ def test_a_deleted_file_keeps_the_last_good_policy_until_it_is_recreated(
     with Load(gw.url) as load:
         time.sleep(0.3)
         gw.policy.unlink()
-        assert _wait_for(lambda: gw.status()["last_error"] is not None)
+        assert wait_for(lambda: gw.status()["last_error"] is not None)
         status = gw.status()
         assert status["version"] == old
         assert str(gw.policy) in status["last_error"]
         assert "no such file" in status["last_error"]
         time.sleep(0.3)
         gw.policy.write_text(BA)
-        assert _wait_for(lambda: gw.status()["version"] == new)
+        assert wait_for(lambda: gw.status()["version"] == new)
         time.sleep(0.3)
     assert load.failures() == []
     assert {(r.version, r.deployment) for r in load.results} == {(old, "a"), (new, "b")}
@@ -327,7 +319,7 @@ def test_sighup_reloads_a_policy_that_is_not_watched(serve: Callable[..., Gatewa
     assert gw.status()["version"] == _version(AB)
 
     gw.proc.send_signal(signal.SIGHUP)
-    assert _wait_for(lambda: gw.status()["version"] == _version(BA))
+    assert wait_for(lambda: gw.status()["version"] == _version(BA))
     resp = httpx.post(f"{gw.url}/v1/chat/completions", json=BODY, timeout=5)
     assert resp.status_code == 200
     assert resp.headers["x-gateway-deployment"] == "b"

@@ -22,6 +22,7 @@ import httpx
 import openai
 import pytest
 import yaml
+from polling import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
@@ -154,15 +155,6 @@ def _chat_error(client: openai.OpenAI, **extra: Any) -> tuple[openai.APIStatusEr
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model="chat", messages=USER, **extra)
     return caught.value, time.monotonic() - started
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 @contextmanager
@@ -537,7 +529,7 @@ def test_primary_outage_moves_traffic_away_and_back_after_probe_and_trial(
             answered.append(raw.headers["x-gateway-deployment"])
             return answered[-1] == "primary"
 
-        assert _wait_for(back, timeout=5.0), answered
+        assert wait_for(back, timeout=5.0), answered
         assert elapsed() < 10.0
     assert set(answered[:-1]) <= {"fallback"}
     primary = _deployments(gw)["primary"]
@@ -690,8 +682,8 @@ def test_caller_leaving_mid_stream_cancels_upstream_and_counts_no_failure(
                 if len(seen) == 2:
                     break
         assert seen == ["w0 ", "w1 "]
-        assert _wait_for(up.abandoned.is_set)
-        assert _wait_for(lambda: _metric(gw, "llm_gateway_requests_total", status="499") == 1.0)
+        assert wait_for(up.abandoned.is_set)
+        assert wait_for(lambda: _metric(gw, "llm_gateway_requests_total", status="499") == 1.0)
         assert elapsed() < 5.0  # not the 10 s the whole stream would take
     primary = _deployments(gw)["primary"]
     assert primary["window"]["errors"] == {}
@@ -757,7 +749,7 @@ def test_operator_forces_the_primary_open_then_hands_it_back(gateway: Any, sdk: 
             seen.append(raw.headers["x-gateway-deployment"])
             return seen[-1] == name
 
-        assert _wait_for(served, timeout=2.0), seen
+        assert wait_for(served, timeout=2.0), seen
 
     with _timer() as elapsed:
         for mode in ("open", "drained"):
