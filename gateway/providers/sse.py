@@ -6,8 +6,8 @@ assembles complete events, checks that each ``data:`` payload is JSON, keeps the
 that decides whether a stream ended well:
 
 - it ended well when every choice it showed carried a ``finish_reason``; then ``data: [DONE]``
-  ends it, and so does the source ending (a ``[DONE]`` is added so the caller's client sees a
-  proper end);
+  ends it, and so does the source ending or falling silent for :data:`FINISH_GRACE` seconds (a
+  ``[DONE]`` is added so the caller's client sees a proper end, promptly);
 - anything else raises :class:`StreamBroken`: ``[DONE]`` or the end of the source while a choice
   is unfinished or before any chunk, a connection cut, a stall past the idle timeout, an event
   that is not JSON, a line too long to read, an in-band ``error`` event; or
@@ -34,6 +34,9 @@ from gateway.errors import ProviderError, ProviderTimeout, StreamBroken
 from gateway.providers.base import DONE_EVENT, StreamState, Usage
 
 ReadLine = Callable[[], Awaitable[bytes]]
+# Seconds to wait for usage or [DONE] once every choice has finished; then the stream is
+# finalised as complete instead of waiting out the idle timeout.
+FINISH_GRACE = 2.0
 
 
 class SSEStream:
@@ -90,6 +93,9 @@ class SSEStream:
             raise StopAsyncIteration
         first = self.state.chunks == 0
         limit = self._first_timeout if first else self._idle_timeout
+        complete = not first and self._is_complete()
+        if complete and limit > FINISH_GRACE:
+            limit = FINISH_GRACE  # every choice finished: only usage or [DONE] can still come
         loop = asyncio.get_running_loop()
         self._deadline = loop.time() + limit
         self._reader = asyncio.current_task()
@@ -110,6 +116,10 @@ class SSEStream:
             if task is not None:
                 task.uncancel()
             await self.aclose()
+            if complete:  # the answer is whole; the upstream just never said [DONE]
+                self._finished = True
+                self.state.done = True
+                return DONE_EVENT
             if first:
                 raise ProviderTimeout(
                     f"no first token within {limit:g}s", deployment=self._deployment
@@ -143,6 +153,9 @@ class SSEStream:
         if b"\n" in data:
             data = data.replace(b"\n", b"\ndata: ")
         return b"data: " + data + b"\n\n"
+
+    def _is_complete(self) -> bool:
+        return not self._open_choices and self.state.finish_reason is not None
 
     def _check_complete(self, what: str) -> None:
         """Raise :class:`StreamBroken` unless every choice shown so far has finished."""

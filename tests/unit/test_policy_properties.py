@@ -39,7 +39,7 @@ NAMES = tuple(f"d{i}" for i in range(8))
 TAGS = (*CAPABILITIES, "eu", "gold")
 ENDPOINTS = ("chat/completions", "completions", "embeddings")
 STATUSES = ("healthy", "degraded", "unhealthy", "ejected")
-BREAKERS = ("closed", "open", "half-open", "forced-open", "drained")
+BREAKERS = ("closed", "open", "half-open", "forced-open", "forced-closed", "drained")
 # drawn more often than the rest, so that mixed plans are common
 USUAL_STATUSES = ("healthy", "healthy", "healthy", *STATUSES)
 USUAL_BREAKERS = ("closed", "closed", "closed", *BREAKERS)

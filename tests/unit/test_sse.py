@@ -234,3 +234,31 @@ def test_stall_is_detected_on_every_event_not_only_the_first() -> None:
     )
     with pytest.raises(StreamBroken, match="after 3 chunks"):
         _collect(s)
+
+
+def test_a_finished_stream_that_falls_silent_is_finalised_after_the_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every choice finished, then neither [DONE] nor the end: the stream completes after
+    FINISH_GRACE (not the idle timeout), as a success with a [DONE]."""
+    import gateway.providers.sse as sse
+
+    monkeypatch.setattr(sse, "FINISH_GRACE", 0.05)
+    s = _stream(_chunk("a"), _chunk(finish="stop"), 5.0, idle=10.0)
+
+    async def run() -> tuple[list[bytes], float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        events = [event async for event in s]
+        return events, loop.time() - started
+
+    events, elapsed = asyncio.run(run())
+    assert events[-1] == DONE_EVENT and s.state.done
+    assert elapsed < 2.0
+
+
+def test_an_unfinished_stream_that_falls_silent_is_still_broken_after_idle() -> None:
+    """Without a finish_reason the grace does not apply: a stall is a broken stream."""
+    s = _stream(_chunk("a"), 5.0, idle=0.05)
+    with pytest.raises(StreamBroken, match="stalled"):
+        _collect(s)
