@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ from typing import Any
 from load import LoadGenerator
 from procs import Processes, cpu_seconds, free_port, run_and_report
 from report import combine
-from run import CHAT_BODY, MODEL, Bench, Target, child_env, loadavg
+from run import CHAT_BODY, MODEL, Bench, Target, child_env, loadavg, run_meta
 
 BENCH = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH / "results" / "health.json"
@@ -337,20 +336,13 @@ def shared_view(port: int) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
-        "meta": {
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "cpus": os.cpu_count(),
-            "loadavg_start": loadavg(),
-            "python": platform.python_version(),
-            "duration_s": args.duration,
-            "warmup_s": args.warmup,
-            "rounds": args.rounds,
-            "connections": args.connections,
-            "light_connections": args.light_connections,
-            "window_s": args.window,
-            "deployments": DEPLOYMENTS,
-            "flush_interval_s": args.flush_interval,
-        }
+        "meta": run_meta(
+            args,
+            light_connections=args.light_connections,
+            window_s=args.window,
+            deployments=DEPLOYMENTS,
+            flush_interval_s=args.flush_interval,
+        )
     }
     with (
         tempfile.TemporaryDirectory(prefix="gateway-health-bench-") as tmp,

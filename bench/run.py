@@ -358,20 +358,24 @@ def count_lines(path: Path) -> int:
         return sum(1 for _ in f)
 
 
+def run_meta(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """What every benchmark result records about the machine and the run."""
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpus": os.cpu_count(),
+        "loadavg_start": loadavg(),
+        "python": platform.python_version(),
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "connections": args.connections,
+        "rounds": args.rounds,
+        **extra,
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
-        "meta": {
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "cpus": os.cpu_count(),
-            "loadavg_start": loadavg(),
-            "python": platform.python_version(),
-            "duration_s": args.duration,
-            "warmup_s": args.warmup,
-            "connections": args.connections,
-            "rounds": args.rounds,
-            "stream_events": STREAM_EVENTS,
-            "stream_gap_ms": args.gap_ms,
-        }
+        "meta": run_meta(args, stream_events=STREAM_EVENTS, stream_gap_ms=args.gap_ms)
     }
     with (
         tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp,

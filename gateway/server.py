@@ -58,7 +58,7 @@ from gateway.errors import (
     ProviderError,
     Unauthorized,
 )
-from gateway.executor import BLOCKED, Attempt, Deployment, Resilience, execute
+from gateway.executor import Attempt, Deployment, Resilience, execute
 from gateway.http import (
     describe_request,
     error_response,
@@ -274,15 +274,10 @@ class Gateway:
                 retry=self._retry_settings(plan),
                 hedge=plan.resilience.get("hedge"),
             )
-            # what a stream needs to continue elsewhere if it breaks after its first chunk
-            attempt.call, attempt.deadline = call, deadline
-            breakers = self.resilience.breakers
-            attempt.rest = [
-                d
-                for d in deployments
-                if d is not attempt.deployment
-                and (breakers is None or breakers.state(d.name) not in BLOCKED)
-            ]
+            if call.stream:  # what it needs to continue elsewhere if it breaks mid-way;
+                # who may take it over is decided when it breaks (_prepare_continuation)
+                attempt.call, attempt.deadline = call, deadline
+                attempt.rest = [d for d in deployments if d is not attempt.deployment]
             # 5. Relay
             headers = {
                 "x-request-id": request_id,
