@@ -8,8 +8,13 @@
                                                          deployments when one is given)
     gateway simulate [--host H] [--port P] [--faults FILE] [--model NAME]
                                                          a standalone simulated OpenAI upstream
+    gateway chaos run FILE... [--out DIR] [--scale X] [--quiet]
+                                                         run chaos scenarios against the gateway
+    gateway chaos report DIR                             rebuild a chaos run's report
 
-Exit status: 0 on success, 2 for a bad command line or a rejected config or policy file.
+Exit status: 0 on success, 2 for a bad command line or a rejected config or policy file
+(``gateway chaos`` adds 1 for a failed expectation and 3 for a run that could not be carried out;
+see :mod:`gateway.chaos.cli`).
 """
 
 from __future__ import annotations
@@ -61,6 +66,31 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--port", type=int, default=9000, help="port to bind (default 9000)")
     simulate.add_argument("--faults", metavar="FILE", help="YAML behaviour and fault schedule")
     simulate.add_argument("--model", default="sim-model", help="model name it reports")
+
+    chaos = sub.add_parser("chaos", help="run fault-injection scenarios and report on them")
+    chaos_sub = chaos.add_subparsers(dest="chaos_command", required=True, metavar="ACTION")
+    chaos_run = chaos_sub.add_parser(
+        "run",
+        help="run scenarios (configs/chaos/*.yaml); exit 1 when an expectation fails",
+    )
+    chaos_run.add_argument("files", nargs="+", metavar="FILE", help="scenario file(s) (YAML)")
+    chaos_run.add_argument(
+        "--out",
+        metavar="DIR",
+        help="results go to DIR/<scenario name>/ (default: chaos-results)",
+    )
+    chaos_run.add_argument(
+        "--scale",
+        type=float,
+        metavar="X",
+        help="multiply the traffic duration and every fault time by X (0 < X <= 10); "
+        "e.g. 0.3 for a quick run",
+    )
+    chaos_run.add_argument("--quiet", action="store_true", help="only the verdict lines")
+    chaos_report = chaos_sub.add_parser(
+        "report", help="recompute figures and rewrite report.md and timeline.png from result.json"
+    )
+    chaos_report.add_argument("directory", metavar="DIR", help="a directory a chaos run wrote")
     return parser
 
 
@@ -86,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.providers.simulated.server import run_standalone
 
         return run_standalone(host=args.host, port=args.port, faults=args.faults, model=args.model)
+    if args.command == "chaos":
+        from gateway.chaos.cli import report_command, run_command
+
+        if args.chaos_command == "run":
+            return run_command(args.files, args.out, args.scale, args.quiet)
+        return report_command(args.directory)
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects unknown commands
 
 

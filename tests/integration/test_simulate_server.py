@@ -447,6 +447,27 @@ def test_refuse_window_closes_the_port_then_reopens_it() -> None:
     _run(go)
 
 
+def test_refuse_window_resets_models_and_healthz_on_a_kept_alive_connection() -> None:
+    """Inside a refuse window the host is down for every route: a probe of ``/v1/models`` (or
+    ``/healthz``) over a pooled connection opened before the window is reset, not answered."""
+
+    async def go() -> None:
+        async with SimulatedServer() as server:
+            connector = aiohttp.TCPConnector(limit=1)  # one connection, reused throughout
+            async with aiohttp.ClientSession(connector=connector) as session:
+                async with session.get(f"{server.url}/models") as resp:
+                    assert resp.status == 200
+                outage = {"faults": [{"kind": "refuse", "end": "2s"}]}
+                async with session.post(f"{_root(server)}/_sim/faults", json=outage) as resp:
+                    assert resp.status == 200
+                for path in (f"{server.url}/models", f"{_root(server)}/healthz"):
+                    with pytest.raises(aiohttp.ClientError):
+                        async with session.get(path) as resp:
+                            await resp.read()
+
+    _run(go)
+
+
 def test_refuse_without_a_window_is_rejected_at_run_time() -> None:
     """POST /_sim/faults with a windowless refuse: 400 naming the fault, schedule unchanged."""
 

@@ -13,6 +13,16 @@ A :class:`Simulator` answers four questions for one request, without any I/O:
 :class:`.script.ScriptPlayer` plays a script with its pacing; the provider feeds it to
 :class:`gateway.providers.sse.SSEStream`, the server writes it to a socket.
 
+Billing (:class:`Billing`, kept by the standalone server's handlers, which see what reaches the
+wire): a request is *answered* (billed) once the upstream takes it up for generation, that is when
+no error fault (``status``, ``reset``, ``refuse``, ``hang``, ``garbage``) stopped it; it is
+*completed* when the whole answer was written (a non-streaming body sent; a stream played to its
+end and its body finished) to a connection still open. A non-streaming answer bills its prompt and
+its whole completion even when the client left before the body was written (the generation ran,
+as a real provider charges for it); a stream bills its prompt and the completion tokens of the
+content chunks actually written before a cut, a stall or a client that went away. Tokens of
+answered requests that did not complete are counted again as *wasted*.
+
 Content: ``content`` when set, else with ``echo`` the last user message (chat) or the prompt
 (completions), else a sentence naming the deployment and model. Tokens are words.
 
@@ -44,6 +54,39 @@ class BadRequest:
 
     message: str
     param: str | None = None
+
+
+@dataclass(slots=True)
+class Billing:
+    """Requests and tokens the upstream charged for, and the part of it that was wasted."""
+
+    answered: int = 0
+    completed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    wasted_prompt_tokens: int = 0
+    wasted_completion_tokens: int = 0
+
+    def charge(self, prompt_tokens: int, completion_tokens: int, *, completed: bool) -> None:
+        """Bill one answered request; its tokens are wasted unless it ``completed``."""
+        self.answered += 1
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        if completed:
+            self.completed += 1
+        else:
+            self.wasted_prompt_tokens += prompt_tokens
+            self.wasted_completion_tokens += completion_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "answered": self.answered,
+            "completed": self.completed,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "wasted_prompt_tokens": self.wasted_prompt_tokens,
+            "wasted_completion_tokens": self.wasted_completion_tokens,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +123,7 @@ class Simulator:
         self._ids = 0
         self.requests = 0
         self.faults_applied: Counter[str] = Counter()
+        self.billing = Billing()
         self.configure(settings)
 
     def configure(self, settings: SimulatedSettings) -> None:
@@ -132,10 +176,12 @@ class Simulator:
         return fault
 
     def stats(self) -> dict[str, Any]:
-        """Requests that reached fault selection and faults applied by kind, since creation."""
+        """Requests that reached fault selection, faults applied by kind and billing, since
+        creation (a request is billed when it ends, so one in flight is not counted yet)."""
         return {
             "requests": self.requests,
             "faults": dict(sorted(self.faults_applied.items())),
+            "billing": self.billing.as_dict(),
             "schedule": {
                 "faults": len(self.schedule.faults),
                 "served": self.schedule.served,
@@ -185,6 +231,13 @@ class Simulator:
         if limit is not None and limit < completion.tokens:
             completion = render.make_completion(completion.text, self.settings.chunk_tokens, limit)
         return completion, prompt_tokens
+
+    def token_counts(self, endpoint: str, body: dict[str, Any]) -> tuple[int, int]:
+        """The prompt and completion tokens the answer to a checked request would report."""
+        if endpoint == "embeddings":
+            return render.embedding_input_words(body["input"]), 0
+        completion, prompt_tokens = self._completion(endpoint, body)
+        return prompt_tokens, completion.tokens
 
     def respond(self, endpoint: str, body: dict[str, Any], model: str) -> Answer:
         """The complete answer to a checked request."""
@@ -239,7 +292,15 @@ class Simulator:
         if isinstance(options, dict) and options.get("include_usage"):
             lines.append(head + render.usage_tail(prompt_tokens, completion.tokens))
         lines.append(render.DONE_LINE)
-        script = StreamScript(lines, paced_from=first + 1, paced_to=end)
+        tokens = [0] * len(lines)
+        size = self.settings.chunk_tokens
+        for i in range(first, end):
+            tokens[i] = size
+        if end > first:
+            tokens[end - 1] = completion.tokens - size * (end - first - 1)
+        script = StreamScript(
+            lines, paced_from=first + 1, paced_to=end, tokens=tokens, prompt_tokens=prompt_tokens
+        )
         if self._seconds_per_token:
             script.interval = self.settings.chunk_tokens * self._seconds_per_token
         if fault is not None:

@@ -15,6 +15,9 @@ Faults behave as a real network would show them:
 - ``malformed_chunk``: a ``data: {not json`` event; ``missing_done``: the body ends properly but
   without ``data: [DONE]``.
 
+A request that no error fault stopped is billed when it ends (tokens written, completed or
+wasted; see :mod:`.engine`), in the simulator's :class:`~.engine.Billing`.
+
 Requests the routes do not serve get OpenAI-shaped errors too, as a real upstream sends them:
 404 for an unknown path (:func:`not_found`), 405 with ``Allow`` for a wrong method
 (:func:`method_not_allowed`), 413 for a body over the app's ``client_max_size``.
@@ -35,8 +38,8 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from gateway.providers.simulated import render
-from gateway.providers.simulated.engine import Simulator
-from gateway.providers.simulated.script import ScriptPlayer
+from gateway.providers.simulated.engine import Answer, Simulator
+from gateway.providers.simulated.script import ScriptPlayer, StreamScript
 from gateway.providers.simulated.settings import DEFAULT_FAULT_STATUS, Fault, SimulatedSettings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -107,7 +110,7 @@ def _seconds(value: float) -> str:
     return str(int(value)) if value == int(value) else f"{value:.3f}".rstrip("0").rstrip(".")
 
 
-def _status_fault(fault: Fault) -> web.Response:
+def status_fault_response(fault: Fault) -> web.Response:
     status = fault.status or DEFAULT_FAULT_STATUS
     headers = {}
     if fault.retry_after is not None:
@@ -117,7 +120,7 @@ def _status_fault(fault: Fault) -> web.Response:
     return error_response(status, message, code=fault.code, headers=headers)
 
 
-def _drop(request: web.Request) -> web.Response:
+def drop_connection(request: web.Request) -> web.Response:
     """Abort the connection with an RST; the returned response is never sent."""
     transport = request.transport
     if transport is not None:
@@ -129,7 +132,7 @@ def _drop(request: web.Request) -> web.Response:
     return web.Response()
 
 
-def _cut(request: web.Request) -> None:
+def cut_connection(request: web.Request) -> None:
     """Flush what was written, then close: the chunked body is left unfinished."""
     transport = request.transport
     if transport is not None:
@@ -161,23 +164,52 @@ def endpoint_handler(endpoint: str) -> Handler:
         fault = sim.choose_fault(stream=stream)
         kind = fault.kind if fault is not None else None
         if kind in ("reset", "refuse"):
-            return _drop(request)
+            return drop_connection(request)
         if kind == "hang":
             await app[STOPPING].wait()
-            return _drop(request)
-        await _sleep(sim.first_byte_delay(fault))
-        if fault is not None and kind == "status":
-            return _status_fault(fault)
-        if kind == "garbage":
-            return web.Response(body=render.GARBAGE_BODY, content_type=_JSON)
-        model: str = body["model"]
+            return drop_connection(request)
+        if fault is not None and kind in ("status", "garbage"):
+            await _sleep(sim.first_byte_delay(fault))
+            if kind == "garbage":
+                return web.Response(body=render.GARBAGE_BODY, content_type=_JSON)
+            return status_fault_response(fault)
         if stream:
-            return await _stream(request, sim, endpoint, body, model, fault)
-        answer = sim.respond(endpoint, body, model)
-        await _sleep(sim.generation_time(answer.completion_tokens))
-        return web.Response(body=answer.body, content_type=_JSON)
+            return await _stream(request, sim, endpoint, body, fault)
+        return await _answer(request, sim, endpoint, body, fault)
 
     return handle
+
+
+async def _answer(
+    request: web.Request,
+    sim: Simulator,
+    endpoint: str,
+    body: dict[str, Any],
+    fault: Fault | None,
+) -> web.StreamResponse:
+    """A complete answer after the first-byte delay and the generation time; billed whole,
+    completed once the body was written (engine docstring)."""
+    answer: Answer | None = None
+    completed = False
+    try:
+        await _sleep(sim.first_byte_delay(fault))
+        answer = sim.respond(endpoint, body, body["model"])
+        await _sleep(sim.generation_time(answer.completion_tokens))
+        response = web.Response(body=answer.body, content_type=_JSON)
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away
+        else:
+            completed = True
+        return response
+    finally:
+        if answer is not None:
+            prompt, completion = answer.prompt_tokens, answer.completion_tokens
+        else:
+            prompt, completion = sim.token_counts(endpoint, body)
+        sim.billing.charge(prompt, completion, completed=completed)
 
 
 async def _stream(
@@ -185,35 +217,54 @@ async def _stream(
     sim: Simulator,
     endpoint: str,
     body: dict[str, Any],
-    model: str,
     fault: Fault | None,
 ) -> web.StreamResponse:
-    script = sim.stream_script(endpoint, body, model, fault)
-    stopping = request.app[STOPPING]
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
-    await response.prepare(request)
-    player = ScriptPlayer(script, forever=stopping.wait)
+    """A streamed answer after the first-byte delay; bills the prompt and the completion tokens
+    of the lines actually written, completed when the script played to its end."""
+    script: StreamScript | None = None
+    written = 0
+    completed = False
     try:
-        while (line := await player.next_line()) is not None:
-            await response.write(line + b"\n")
-        if script.cut or stopping.is_set():
-            _cut(request)
+        await _sleep(sim.first_byte_delay(fault))
+        script = sim.stream_script(endpoint, body, body["model"], fault)
+        stopping = request.app[STOPPING]
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        player = ScriptPlayer(script, forever=stopping.wait)
+        try:
+            await response.prepare(request)
+            while (line := await player.next_line()) is not None:
+                await response.write(line + b"\n")
+                written += 1
+            if script.cut or stopping.is_set():
+                cut_connection(request)
+            else:
+                await response.write_eof()
+                completed = True
+        except ConnectionResetError:
+            pass  # the client went away
+        return response
+    finally:
+        if script is not None:
+            sim.billing.charge(
+                script.prompt_tokens, script.tokens_before(written), completed=completed
+            )
         else:
-            await response.write_eof()
-    except ConnectionResetError:
-        pass  # the client went away
-    return response
+            sim.billing.charge(sim.token_counts(endpoint, body)[0], 0, completed=False)
 
 
 async def models(request: web.Request) -> web.Response:
     sim = request.app[SIMULATOR]
+    if sim.schedule.refusal()[0]:  # the host is down: a kept-alive connection is reset too
+        return drop_connection(request)
     data = [{"id": sim.model, "object": "model", "created": 0, "owned_by": "simulated"}]
     return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type=_JSON)
 
 
 async def healthz(request: web.Request) -> web.Response:
+    if request.app[SIMULATOR].schedule.refusal()[0]:
+        return drop_connection(request)
     return web.Response(body=b'{"status":"ok"}', content_type=_JSON)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.providers.simulated import render
 from gateway.providers.simulated.settings import Fault
@@ -24,6 +24,10 @@ class StreamScript:
     Before ``lines[i]`` with ``paced_from <= i < paced_to`` the player waits ``interval``; before
     ``lines[pause_at]`` it waits ``pause`` seconds (``None``: forever). ``cut`` means the source
     ends abruptly after the last line (the server closes the connection mid-body).
+
+    ``tokens[i]`` is the number of completion tokens ``lines[i]`` carries (0 for the role, finish,
+    usage and ``[DONE]`` lines); empty when the script's maker did not count them.
+    ``prompt_tokens`` is the prompt's size as the usage reports it.
     """
 
     lines: list[bytes]
@@ -33,6 +37,12 @@ class StreamScript:
     pause_at: int = -1
     pause: float | None = None
     cut: bool = False
+    tokens: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+
+    def tokens_before(self, index: int) -> int:
+        """Completion tokens carried by ``lines[:index]``."""
+        return sum(self.tokens[:index])
 
 
 async def wait_forever() -> None:
@@ -77,13 +87,18 @@ def apply_stream_fault(script: StreamScript, fault: Fault, at: int) -> None:
     kind = fault.kind
     if kind == "stream_cut":
         del script.lines[at:]
+        del script.tokens[at:]
         script.cut = True
     elif kind == "stream_stall":
         script.pause_at = at
         script.pause = fault.delay
     elif kind == "malformed_chunk":
         script.lines.insert(at, render.MALFORMED_LINE)
+        if script.tokens:
+            script.tokens.insert(at, 0)
         if at < script.paced_to:
             script.paced_to += 1
     elif kind == "missing_done":
         script.lines.pop()
+        if script.tokens:
+            script.tokens.pop()

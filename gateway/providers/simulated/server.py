@@ -2,8 +2,9 @@
 
 Routes: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``; ``GET /v1/models``,
 ``/healthz``; ``GET|POST /_sim/faults`` (read / replace the settings at run time, the schedule
-restarts) and ``GET /_sim/stats`` (requests, faults applied by kind, listener state). Any other
-path is a 404, another method a 405, a body over ``max_body_size`` a 413, all OpenAI-shaped.
+restarts) and ``GET /_sim/stats`` (requests, faults applied by kind, billing, listener state).
+Any other path is a 404, another method a 405, a body over ``max_body_size`` a 413, all
+OpenAI-shaped.
 Fault behaviour on the wire is described in :mod:`.handlers`.
 
 ``refuse`` windows (every ``refuse`` fault has one, see :mod:`.settings`): :class:`SimulatedServer`
@@ -103,6 +104,10 @@ class SimulatedServer:
 
     Use as ``async with SimulatedServer(settings) as server: ... server.url ...``.
     ``port=0`` picks a free port; :attr:`port` holds the bound one after :meth:`start`.
+    ``app`` serves another application instead of :func:`build_app`'s (``settings``, ``model``
+    and ``max_body_size`` are then unused); it must carry the same app keys (``SIMULATOR``,
+    ``STOPPING``, ``SCHEDULE_CHANGED``, ``LISTENER``), whose simulator's schedule drives the
+    listener's ``refuse`` windows: a fault-injecting proxy uses this.
     """
 
     def __init__(
@@ -114,10 +119,13 @@ class SimulatedServer:
         port: int = 0,
         clock: Clock = time.monotonic,
         max_body_size: int = MAX_BODY_SIZE,
+        app: web.Application | None = None,
     ) -> None:
-        self.app = build_app(
-            settings or SimulatedSettings(), model, clock=clock, max_body_size=max_body_size
-        )
+        if app is None:
+            app = build_app(
+                settings or SimulatedSettings(), model, clock=clock, max_body_size=max_body_size
+            )
+        self.app = app
         self.host = host
         self.port = port
         self._clock = clock
