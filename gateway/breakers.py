@@ -41,11 +41,13 @@ Counting, phase by phase:
 
 1. **Closed**: a counted failure adds to ``consecutive_failures``, a success resets it;
    ``consecutive_failures`` in a row trip the breaker. :meth:`Breaker.judge_rate` (called by the
-   owner after a failure, with the window's requests and error rate, caller errors excluded)
-   trips when requests ≥ ``min_volume`` and error rate ≥ ``failure_rate`` *and* the outcomes
-   this breaker counted since it last closed fail at least that often too: the window still
-   holds the failures from before the last trip, and a recovered deployment must not re-trip on
-   them.
+   owner after a failure, with the window's requests and error rate, caller errors excluded, and
+   the window's length) trips when requests ≥ ``min_volume`` and error rate ≥ ``failure_rate``.
+   For one window's length after the breaker closed, the outcomes it counted since then must
+   fail at least that often too: the window still holds the failures from before the last trip,
+   and a recovered deployment must not re-trip on them. After that the window holds nothing
+   older than the close, so its figures alone decide (the counts since the close would, after
+   hours of healthy traffic, outvote any brownout).
 2. **Open** for ``open_for * backoff^(trips in a row - 1)``, capped at ``open_max``, times
    ``1 ± jitter`` (never above ``open_max``). Nothing is admitted.
 3. **Half-open** after that time or after a successful probe: up to ``half_open_trials``
@@ -245,7 +247,7 @@ class Breaker:
         self._next_open = s.open_for  # un-jittered open time of the next trip
         self._streak = 0  # trips since the breaker last closed from half-open
         self._consecutive = 0
-        self._seen = 0  # counted outcomes since entering closed (rate rule agreement)
+        self._seen = 0  # counted outcomes since entering closed (rate rule, first window)
         self._failed = 0
         self._trials = 0  # trials in flight (half-open)
         self._trial_ok = 0
@@ -376,19 +378,20 @@ class Breaker:
 
     # --- other inputs --------------------------------------------------------------------
 
-    def judge_rate(self, requests: int, error_rate: float, now: float) -> None:
+    def judge_rate(self, requests: int, error_rate: float, now: float, *, window: float) -> None:
         """Trip on the health window's figures (requests without caller errors, their failure
-        rate) if they reach ``min_volume`` / ``failure_rate`` and the outcomes counted since the
-        breaker closed agree. Closed, automatic breakers only."""
+        rate) if they reach ``min_volume`` / ``failure_rate``. ``window`` is the seconds those
+        figures cover: until the breaker has been closed that long, they may include failures
+        from before it closed, so the outcomes counted since the close must agree (fail at
+        least ``failure_rate`` of the time). Closed, automatic breakers only."""
         s = self.settings
-        if (
-            self._state == CLOSED
-            and requests >= s.min_volume
-            and error_rate >= s.failure_rate
-            and self._failed > 0
-            and self._failed >= s.failure_rate * self._seen
+        if self._state != CLOSED or requests < s.min_volume or error_rate < s.failure_rate:
+            return
+        if now - self._since < window and (
+            self._failed == 0 or self._failed < s.failure_rate * self._seen
         ):
-            self._trip(f"error rate {error_rate:.0%} over {requests} requests", now)
+            return  # the window may still remember the time before the close
+        self._trip(f"error rate {error_rate:.0%} over {requests} requests", now)
 
     def probe(self, ok: bool, now: float) -> None:
         """An active probe's result: a success moves an open breaker to half-open at once (only

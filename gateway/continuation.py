@@ -13,25 +13,32 @@ The algorithm (one continuation per request):
    must carry its call (``attempt.call``). Otherwise go to step 6. If the broken stream had
    already finished its choice (only its usage or ``[DONE]`` were lost), end with ``[DONE]``:
    the answer is whole.
-2. Candidates: ``attempt.rest`` (the plan's deployments after the one that broke) that serve
-   the endpoint and stream, in order; one at its ``max_concurrency`` is skipped; nothing starts
-   after ``attempt.deadline``, and a candidate's wait before it is relayed ends there too.
+2. Candidates: ``attempt.rest`` (the plan's other deployments that did not fail in this
+   request; the server picks them when the stream breaks) that serve the endpoint and stream,
+   in order; one at its ``max_concurrency`` is skipped; nothing starts after
+   ``attempt.deadline``, and a candidate's wait before it is relayed ends there too.
 3. Prefill (chat, and some text was sent): on the first candidate tagged ``prefill``, the
    original body without ``n`` and with the sent text as a final assistant message (appended to
    the caller's own trailing assistant message, when there is one). Its events are relayed as
    they come: they continue the text.
 4. Restart: on each candidate in order, the original body (the prefill candidate again only when
-   it refused the prefill with a 4xx). Its events are read, not relayed, until its text covers
-   the sent text. If its text starts with the sent text, the event where it got past it is sent
-   carrying only the text beyond (the fallback's own chunk: its ``id``, ``model``, shape), and
-   every later event as it comes. If it diverges, or ends sooner, it is closed and the next
-   candidate is tried.
+   it refused the prefill with a 4xx, and the retry budget grants that second leg a token). Its
+   events are read, not relayed, until its text covers the sent text. If its text starts with
+   the sent text, the event where it got past it is sent carrying only the text beyond (the
+   fallback's own chunk: its ``id``, ``model``, shape), and every later event as it comes. If
+   it diverges, or ends sooner, it is closed and the next candidate is tried.
 5. A candidate that fails before anything of it was relayed (a refused prefill, a 503, a
    timeout, a stream cut early) is invisible to the caller: the next one is tried. Once a
    candidate's first event was relayed it *is* the continuation: if it breaks too, the stream
    ends with the in-band error of the original cause, its message naming the second failure.
 6. Nothing continued the answer: the in-band ``error`` event of the original cause, no
    ``[DONE]``.
+
+The retry budget (:class:`gateway.retrying.RetryBudget`) is not asked for a leg on a candidate:
+none of them failed in this request (the deployment that broke is not among them), so a leg
+moves the request and adds no load to a failing deployment. Only a second leg on the same
+candidate (the restart after a refused prefill) is a re-send and spends a token; refused, that
+candidate is passed over.
 
 What the caller reads after the break: never a second ``role`` delta (removed from relayed
 events); the continuation's own ``finish_reason`` (so ``"stop"`` only when it really finished);
@@ -68,17 +75,21 @@ from gateway.errors import (
 from gateway.executor import Attempt, Deployment, first_event
 from gateway.http import sse_error
 from gateway.providers.base import DONE_EVENT, ProviderCall, ProviderResponse, ProviderStream
+from gateway.retrying import RetryBudget
 
 PREFILL_TAG = "prefill"
 CHAT = "chat/completions"
 
 
-async def continue_stream(attempt: Attempt, broken: ProviderError) -> AsyncGenerator[bytes, None]:
+async def continue_stream(
+    attempt: Attempt, broken: ProviderError, *, budget: RetryBudget | None = None
+) -> AsyncGenerator[bytes, None]:
     """The events that end a stream broken by ``broken`` (see the module docstring).
 
     The caller writes every event it yields; the last is ``[DONE]`` when the answer was
     finished, or an in-band ``error`` event. ``attempt`` has already been recorded as broken
-    (:meth:`Attempt.finish`). Close the generator (``aclose``) if the caller leaves: the
+    (:meth:`Attempt.finish`). ``budget``: the replica's retry budget, asked only for a second
+    leg on the same deployment. Close the generator (``aclose``) if the caller leaves: the
     candidate in flight is closed and its slot given back, with nothing recorded.
     """
     attempt.errors.append(broken)
@@ -93,7 +104,7 @@ async def continue_stream(attempt: Attempt, broken: ProviderError) -> AsyncGener
     call = attempt.call
     failure: ProviderError | None = None
     if call is not None and _continuable(call, stream):
-        run = _Run(attempt, call, state.content)
+        run = _Run(attempt, call, state.content, budget)
         try:
             async with aclosing(run.events()) as events:
                 async for event in events:
@@ -130,10 +141,14 @@ class _Diverged(Exception):
 class _Run:
     """One continuation: its candidates in order, and the one being read (``leg``)."""
 
-    def __init__(self, attempt: Attempt, call: ProviderCall, sent: str) -> None:
+    def __init__(
+        self, attempt: Attempt, call: ProviderCall, sent: str, budget: RetryBudget | None
+    ) -> None:
         self.attempt = attempt
         self.call = call
         self.sent = sent
+        self.budget = budget
+        self.sent_to: set[str] = set()  # deployments a leg was sent to
         self.loop = asyncio.get_running_loop()
         self.deadline = attempt.deadline or self.loop.time() + call.timeout
         self.leg: Attempt | None = None
@@ -174,6 +189,8 @@ class _Run:
                 continue
             if self.loop.time() >= self.deadline:
                 break
+            if dep.name in self.sent_to and not self._may_resend():
+                continue
             if await self._open(dep, self.call.body, self.call.raw) is not None:
                 continue
             try:
@@ -189,6 +206,10 @@ class _Run:
             if self.finished or self.failure is not None:
                 return
 
+    def _may_resend(self) -> bool:
+        """Whether the retry budget grants a second leg on a deployment (a re-send)."""
+        return self.budget is None or self.budget.try_spend()
+
     async def _open(self, dep: Deployment, body: dict[str, Any], raw: bytes) -> Exception | None:
         """Send to ``dep`` and wait for its first event: ``self.leg`` on success, else the
         error (recorded, and listed in the attempt's errors)."""
@@ -196,6 +217,7 @@ class _Run:
         if remaining <= 0:
             return ProviderTimeout("the request deadline passed", deployment=dep.name)
         call = ProviderCall(self.call.endpoint, body, raw, True, self.call.request_id, remaining)
+        self.sent_to.add(dep.name)
         self.attempt.attempts += 1
         window = dep.window
         window.inflight += 1

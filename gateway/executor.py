@@ -17,6 +17,12 @@ Per error class (:class:`gateway.errors.Action`):
 A deployment at its ``max_concurrency`` or whose breaker takes no traffic is skipped. For
 streams, an attempt only counts as answered once its first event has arrived, so a failure
 before the first chunk fails over invisibly.
+
+The retry budget (:class:`gateway.retrying.RetryBudget`) is spent only on extra load: a re-send
+to a deployment this request already tried (1, or a return after a pause) and a hedge. A
+fail-over to a deployment not yet tried (2, 3) is free: it moves the request, and the plan and
+``max_attempts`` bound it. A re-send the budget refuses becomes a fail-over to an untried
+deployment when one is left; else the request ends with the last error.
 """
 
 from __future__ import annotations
@@ -240,6 +246,12 @@ class _Walk:
                 return dep
         return None
 
+    def untried(self) -> str | None:
+        """The next usable deployment not yet tried, instead of a re-send the retry budget
+        refused (tenacity's ``choose_untried``; reserves nothing)."""
+        self.current = self.fresh()
+        return self.current.name if self.current is not None else None
+
     def next(self, error: ProviderError) -> str | None:
         """The deployment after ``error`` (tenacity's ``choose_next``; reserves nothing)."""
         dep = self.current
@@ -294,7 +306,9 @@ async def execute(
        same deployment for a retry-same error (up to ``same_deployment_retries`` times), else
        to the next usable deployment not yet tried (at once), else to one that asked for a
        pause it is worth waiting for (after it, or after a full-jitter backoff) — never past
-       the deadline, ``max_attempts`` or the retry budget.
+       the deadline or ``max_attempts``. Going back to a deployment already tried spends a
+       retry-budget token; refused, the attempt goes to the next usable deployment not yet
+       tried instead (free), or the request ends. Going to one not yet tried spends none.
     3. Each attempt takes a breaker permit (a deployment whose breaker refuses after all is
        skipped within the same attempt, never counted as one), is recorded in the deployment's
        health window and breaker (a cancellation or caller error never counts against it; a
@@ -400,6 +414,8 @@ async def execute(
         settings,
         deadline=deadline,
         choose_next=walk.next,
+        choose_untried=walk.untried,
+        tried=[name for name, sent in walk.tried.items() if sent],
         loop_time=loop.time,
         rng=res.rng,
         budget=res.budget,
@@ -450,7 +466,7 @@ def _breaker_failure(
     if breaker.state == "closed":
         stats = dep.window.stats()
         judged = stats.requests - stats.error_count("caller_error")
-        breaker.judge_rate(judged, stats.error_rate, now)
+        breaker.judge_rate(judged, stats.error_rate, now, window=stats.window_seconds)
 
 
 BLOCKED = frozenset({"open", "forced-open", "drained"})  # breaker states that take no traffic
@@ -492,7 +508,8 @@ def _stamped(err: E, attempts: int, errors: list[ProviderError]) -> E:
 
 
 _STOPPED = {
-    "budget": "the retry budget is spent (too many retries across requests)",
+    "budget": "the retry budget refused a retry (too many across requests) and no untried "
+    "deployment was left",
     "max_attempts": "max_attempts reached",
 }
 

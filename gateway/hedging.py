@@ -7,7 +7,8 @@ request without it never creates a task.
 1. Start the first attempt.
 2. If it has not answered (a whole answer, or a stream's first event) within ``after``, and a
    second usable deployment exists, and the retry budget grants a token, start a second attempt
-   there.
+   there. A hedge spends a token although it goes to a deployment not yet tried (a fail-over
+   there would be free): it does not move the request but adds speculative load beside it.
 3. The first attempt to answer wins; the other is cancelled (its slot and breaker permit come
    back; a cancellation never counts against a deployment). An answer that arrives while the
    winner is being chosen is closed and released.

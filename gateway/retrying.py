@@ -17,11 +17,18 @@ The executor walks a plan; this module times the walk. One chain per client requ
 5. **How long?** Until that deployment's "not before" when it pushed back; else full-jitter
    backoff (:func:`backoff`) when it is the deployment that just failed (retry-same); else zero:
    failing over to a fresh deployment is immediate.
-6. **Stop?** At ``max_attempts``, when no deployment is left, when the wait would reach the
-   request's deadline, or when the replica's :class:`RetryBudget` refuses; the last error is
-   re-raised. The budget is asked last, so a token is spent only on a retry that happens and
-   ``exhausted`` counts only retries the budget alone prevented. The reason is left in
-   ``statistics["stop_reason"]`` of the chain.
+6. **Budget?** Only a re-send asks the replica's :class:`RetryBudget`: an attempt on a
+   deployment already tried in this request (retry-same after a reset or a 5xx, a return after
+   a pause or a backoff). A fail-over to a deployment not yet tried (to a larger context window
+   included) moves the request instead of multiplying load on a failing deployment, and is
+   bounded per request by the plan and ``max_attempts``: it spends nothing. When the budget
+   refuses a re-send, the caller's ``choose_untried()`` names an untried deployment to fail
+   over to instead (free, at once); with none, the chain stops.
+7. **Stop?** At ``max_attempts``, when no deployment is left, when the wait would reach the
+   request's deadline, or when the budget refused a re-send and no untried deployment is left;
+   the last error is re-raised. The budget is asked last, so a token is spent only on a re-send
+   that happens; ``exhausted`` counts every refusal (whether the request then failed over or
+   stopped). The reason is left in ``statistics["stop_reason"]`` of the chain.
 
 Why a fresh :class:`tenacity.AsyncRetrying` per request: the object is not a reusable policy.
 ``async for`` keeps the running attempt's state (attempt number, outcome, idle time) on the
@@ -33,7 +40,7 @@ chain also keeps per-request memory (which deployments pushed back, until when).
 
     budget.record_request()
     async for attempt in retrying(settings, deadline=deadline, choose_next=walk.next,
-                                  budget=budget):
+                                  choose_untried=walk.untried, budget=budget):
         with attempt:
             result = await walk.current.provider.send(call)   # one attempt
 """
@@ -44,7 +51,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -188,12 +195,19 @@ def backoff(attempt_number: int, settings: RetrySettings, rng: random.Random) ->
 class RetryBudget:
     """Fleet-wide limit on retries so an outage cannot turn into a retry storm (Finagle's).
 
-    A retry (any attempt after a request's first) is allowed while the retries in the window,
-    this one included, stay within ``ratio * requests in the window + min_per_second *
-    window``; the floor lets a quiet gateway still retry. The window slides in ``buckets``
-    steps: a ring of per-bucket counts plus running totals, advanced lazily on each call
-    (O(1) amortised), so an event is forgotten between ``window * (1 - 1/buckets)`` and
-    ``window`` after it happened. ``exhausted`` counts retries refused (for metrics).
+    A storm is re-sending to deployments that are already failing, so the budget is asked only
+    for extra load: a re-send to a deployment already tried in the same request (retry-same, a
+    return after a pause or a backoff) and a hedge (a speculative second attempt). A fail-over
+    to a deployment not yet tried in the request, and a stream's continuation on a deployment
+    that did not fail in it, move the request and spend nothing (they are bounded per request
+    by the plan and ``max_attempts``, and across requests by the breakers).
+
+    A retry is allowed while the retries in the window, this one included, stay within
+    ``ratio * requests in the window + min_per_second * window``; the floor lets a quiet
+    gateway still retry. The window slides in ``buckets`` steps: a ring of per-bucket counts
+    plus running totals, advanced lazily on each call (O(1) amortised), so an event is
+    forgotten between ``window * (1 - 1/buckets)`` and ``window`` after it happened.
+    ``exhausted`` counts retries refused (for metrics).
     """
 
     def __init__(
@@ -307,6 +321,7 @@ class _Decision:
     next_deployment: str | None
     wait: float
     reason: str
+    stop: str | None  # why the chain ends here (``None``: it goes on)
 
 
 class _Chain:
@@ -323,6 +338,8 @@ class _Chain:
         budget: RetryBudget | None,
         should_retry: Callable[[BaseException], bool] | None,
         choose_next: Callable[[ProviderError], str | None],
+        choose_untried: Callable[[], str | None] | None,
+        tried: Iterable[str],
         on_retry: Callable[[RetryDetails], None] | None,
     ) -> None:
         self.settings = settings
@@ -332,7 +349,9 @@ class _Chain:
         self.budget = budget
         self.should_retry = should_retry
         self.choose_next = choose_next
+        self.choose_untried = choose_untried
         self.on_retry = on_retry
+        self.tried: set[str] = set(tried)  # deployments this request already sent to
         self.not_before: dict[str, float] = {}  # deployment -> loop time it asked us to wait for
         self.decision: _Decision | None = None
 
@@ -353,6 +372,7 @@ class _Chain:
         assert isinstance(error, ProviderError)  # self.retry let only these through
         n, settings, now = state.attempt_number, self.settings, self.loop_time()
         failed = error.deployment
+        self.tried.add(failed)
         if _pushes_back(error):
             asked = rate_limit_wait(error)
             if asked is None or asked > settings.retry_after_cap:  # no usable wait: back off
@@ -360,31 +380,40 @@ class _Chain:
             # At least base_delay, even for "Retry-After: 0": never a tight loop against it.
             self.not_before[failed] = now + max(asked, settings.base_delay)
         nxt = self.choose_next(error)
-        wait, reason = 0.0, "fail-over"
-        if nxt is not None:
-            pending = self.not_before.get(nxt, now) - now
-            if pending > 0:
-                wait, reason = pending, "rate-limited"
-            elif nxt == failed:
-                wait, reason = backoff(n, settings, self.rng), "backoff"
+        wait, reason, stop = 0.0, "fail-over", None
+        if n >= settings.max_attempts:
+            stop = "max_attempts"
+        elif nxt is None:
+            stop = "no_deployment"
+        else:
+            wait, reason = self._timing(nxt, failed, n, now)
+            if now + wait >= self.deadline:
+                stop = "deadline"
+            elif nxt in self.tried and self.budget is not None and not self.budget.try_spend():
+                # a refused re-send: fail over to an untried deployment instead, if one is left
+                nxt = self.choose_untried() if self.choose_untried is not None else None
+                if nxt is None:
+                    stop = "budget"
+                else:
+                    wait, reason = self._timing(nxt, failed, n, now)
         wait = min(wait, max(0.0, self.deadline - now))
-        self.decision = _Decision(n, error, nxt, wait, reason)
+        self.decision = _Decision(n, error, nxt, wait, reason, stop)
         return self.decision
+
+    def _timing(self, nxt: str, failed: str, n: int, now: float) -> tuple[float, str]:
+        """The wait before an attempt on ``nxt`` after ``failed`` failed attempt ``n``."""
+        pending = self.not_before.get(nxt, now) - now
+        if pending > 0:
+            return pending, "rate-limited"
+        if nxt == failed:
+            return backoff(n, self.settings, self.rng), "backoff"
+        return 0.0, "fail-over"
 
     def wait(self, state: RetryCallState) -> float:
         return self._decide(state).wait
 
     def stop(self, state: RetryCallState) -> bool:
-        decision = self._decide(state)
-        reason = None
-        if state.attempt_number >= self.settings.max_attempts:
-            reason = "max_attempts"
-        elif decision.next_deployment is None:
-            reason = "no_deployment"
-        elif self.loop_time() + decision.wait >= self.deadline:
-            reason = "deadline"
-        elif self.budget is not None and not self.budget.try_spend():
-            reason = "budget"
+        reason = self._decide(state).stop
         if reason is None:
             return False
         state.retry_object.statistics["stop_reason"] = reason
@@ -415,6 +444,8 @@ def retrying(
     *,
     deadline: float,
     choose_next: Callable[[ProviderError], str | None],
+    choose_untried: Callable[[], str | None] | None = None,
+    tried: Iterable[str] = (),
     loop_time: Callable[[], float] | None = None,
     rng: random.Random | None = None,
     budget: RetryBudget | None = None,
@@ -430,6 +461,13 @@ def retrying(
       ``error`` (which names the one that failed), or ``None`` when none is left. The caller
       owns the walk; it may be asked for an attempt that then does not happen (a stop wins), so
       it must not reserve anything.
+    - ``choose_untried()``: asked only when the budget refuses a re-send that ``choose_next``
+      chose: the deployment to fail over to instead, one not yet tried in this request, or
+      ``None`` (then the chain stops). Same contract as ``choose_next``; without it a refused
+      re-send stops the chain.
+    - ``tried``: deployments this request already sent to before the chain's first attempt
+      (a hedge's); the chain adds every deployment it sees fail. An attempt on one of them is a
+      re-send and spends a budget token; any other attempt is a free fail-over.
     - ``loop_time``: the clock of ``deadline`` (the running loop's ``time`` by default).
     - ``budget``: this replica's :class:`RetryBudget`; the caller records each request in it.
     - ``should_retry(exc)``: an extra veto (e.g. a stream that already reached the caller); it
@@ -450,6 +488,8 @@ def retrying(
         budget,
         should_retry,
         choose_next,
+        choose_untried,
+        tried,
         before_sleep,
     )
     return AsyncRetrying(

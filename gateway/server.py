@@ -326,7 +326,7 @@ class Gateway:
                     broken = exc
                     attempt.finish(exc)  # the break is the deployment's: recorded, slot back
                     self._prepare_continuation(attempt)
-                    rescue = continue_stream(attempt, exc)
+                    rescue = continue_stream(attempt, exc, budget=self.resilience.budget)
                 if rescue is not None:  # finish the answer elsewhere, or end with the error
                     async for event in rescue:
                         await resp.write(event)
@@ -361,17 +361,15 @@ class Gateway:
 
     def _prepare_continuation(self, attempt: Attempt) -> None:
         """Who may finish a stream that broke mid-way, decided when it broke: deployments of
-        the plan that did not fail earlier in this request and whose breaker would admit them
-        now, if the retry budget allows one more leg; and a deadline of its own (a long answer
-        may break after the request's deadline has passed)."""
+        the plan other than the one that broke, that did not fail earlier in this request and
+        whose breaker would admit them now; and a deadline of its own (a long answer may break
+        after the request's deadline has passed). No retry-budget token is spent for them: a
+        leg moves the request to a deployment that did not fail in it, it adds no load to a
+        failing one (:mod:`gateway.continuation` charges a second leg on the same deployment)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         failed = {e.deployment for e in attempt.errors}
         breakers = self.resilience.breakers
-        budget = self.resilience.budget
-        if budget is not None and not budget.try_spend():
-            attempt.rest = []
-            return
         attempt.rest = [
             d
             for d in attempt.rest

@@ -74,7 +74,12 @@ class HealthMonitor:
 
     def view(self, max_age: float = 0.1) -> HealthSnapshot:
         """Every deployment's :class:`DeploymentView`, rebuilt at most every ``max_age``
-        seconds (requests in between share one immutable snapshot)."""
+        seconds (requests in between share one immutable snapshot).
+
+        Latency and TTFT are this process's EWMAs, else the window's p50 (samples of other
+        replicas), else ``None``: an EWMA whose newest sample has left the window reads as
+        ``None`` (see :mod:`health.window`), so a deployment nobody sent traffic to for a whole
+        window is unmeasured again, not stuck with its last figure."""
         now = time.monotonic()
         cached = self._view
         if cached is not None and now - cached.taken_at < max_age:

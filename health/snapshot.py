@@ -19,16 +19,17 @@ BreakerState = Literal["closed", "open", "half-open", "forced-open", "drained", 
 
 @dataclass(frozen=True, slots=True)
 class DeploymentView:
-    """One deployment as the engine sees it. Times in seconds; ``None``: no sample yet."""
+    """One deployment as the engine sees it. Times in seconds; ``None``: unmeasured (no sample
+    in the health window: none yet, or none since the window forgot the last one)."""
 
     name: str
     status: str = "healthy"  # healthy | degraded | unhealthy | ejected
     reason: str = "no data"
     requests: int = 0  # judged requests in the window (caller errors left out)
     error_rate: float = 0.0
-    latency: float | None = None  # EWMA of complete non-streaming answers (p50 when no EWMA)
+    latency: float | None = None  # EWMA of complete non-streaming answers (else the p50)
     latency_p95: float | None = None
-    ttft: float | None = None  # EWMA of time to first token of streams (p50 when no EWMA)
+    ttft: float | None = None  # EWMA of time to first token of streams (else the p50)
     ttft_p95: float | None = None
     inflight: int = 0  # fleet-wide when the store is shared, at snapshot time
     breaker: BreakerState = "closed"  # set by the resilience layer once breakers exist

@@ -14,7 +14,10 @@ sums, then two fixed histograms). Flat vectors make the three things the window 
 
 The clock is injected (wall-clock seconds by default, so replicas of a fleet agree on bucket
 indexes). EWMA latency and time to first token are kept beside the buckets: they follow every
-sample of this process (``alpha`` per sample) and are not merged across a fleet.
+sample of this process (``alpha`` per sample) and are not merged across a fleet. An EWMA ages
+with the window: once its newest sample has left the window it reads ``None`` (unmeasured), and
+the next sample starts it afresh. A deployment that gets no traffic (one excluded for a latency
+spike, say) must not keep its last figure forever: routing treats it as unmeasured instead.
 """
 
 from __future__ import annotations
@@ -242,14 +245,16 @@ class RollingWindow:
     __slots__ = (
         "_clock",
         "_ids",
+        "_latency_at",
+        "_latency_ewma",
         "_pending",
         "_slots",
+        "_ttft_at",
+        "_ttft_ewma",
         "alpha",
         "buckets",
         "inflight",
-        "latency_ewma",
         "totals",
-        "ttft_ewma",
         "width",
     )
 
@@ -277,19 +282,30 @@ class RollingWindow:
         self._pending: dict[int, list[float]] | None = {} if track_pending else None
         self.totals = empty()  # lifetime, never reset (Prometheus counters)
         self.inflight = 0
-        self.latency_ewma: float | None = None
-        self.ttft_ewma: float | None = None
+        self._latency_ewma: float | None = None
+        self._latency_at = _NEVER  # bucket index of the newest latency sample
+        self._ttft_ewma: float | None = None
+        self._ttft_at = _NEVER
 
     @property
     def window_seconds(self) -> float:
         return self.buckets * self.width
 
+    @property
+    def latency_ewma(self) -> float | None:
+        """EWMA of this process's latency samples; ``None`` once the newest left the window."""
+        return self._latency_ewma if self._latency_at > self.index() - self.buckets else None
+
+    @property
+    def ttft_ewma(self) -> float | None:
+        """EWMA of this process's TTFT samples; ``None`` once the newest left the window."""
+        return self._ttft_ewma if self._ttft_at > self.index() - self.buckets else None
+
     def index(self, now: float | None = None) -> int:
         """The absolute bucket index of ``now`` (default: the clock)."""
         return int((self._clock() if now is None else now) // self.width)
 
-    def _targets(self) -> Iterable[list[float]]:
-        idx = int(self._clock() // self.width)
+    def _targets(self, idx: int) -> Iterable[list[float]]:
         slot = idx % self.buckets
         vec = self._slots[slot]
         if self._ids[slot] != idx:
@@ -319,9 +335,10 @@ class RollingWindow:
         figures (and out of a p95 that would otherwise degrade any deployment writing essays).
         """
         L = _Layout
+        idx = int(self._clock() // self.width)
         lat_bin = L.LATENCY_HIST + _bin(latency) if latency is not None else -1
         ttft_bin = L.TTFT_HIST + _bin(ttft) if ttft is not None else -1
-        for vec in self._targets():
+        for vec in self._targets(idx):
             vec[L.REQUESTS] += 1
             vec[L.SUCCESSES] += 1
             if latency is not None:
@@ -338,7 +355,7 @@ class RollingWindow:
                 vec[L.TOKENS_OUT] += tokens_out
             if cost:
                 vec[L.COST] += cost
-        self._ewma(latency, ttft)
+        self._ewma(latency, ttft, idx)
 
     def failure(self, error_class: str, *, tokens_in: int = 0, tokens_out: int = 0) -> None:
         """A failed attempt of ``error_class`` (see :data:`ERROR_CLASSES`).
@@ -349,7 +366,7 @@ class RollingWindow:
         """
         L = _Layout
         err = error_index(error_class)
-        for vec in self._targets():
+        for vec in self._targets(int(self._clock() // self.width)):
             vec[L.REQUESTS] += 1
             vec[err] += 1
             if tokens_in:
@@ -357,14 +374,18 @@ class RollingWindow:
             if tokens_out:
                 vec[L.TOKENS_OUT] += tokens_out
 
-    def _ewma(self, latency: float | None, ttft: float | None) -> None:
+    def _ewma(self, latency: float | None, ttft: float | None, idx: int) -> None:
+        """Move the EWMAs by ``alpha``; one whose newest sample left the window starts afresh."""
         a = self.alpha
+        oldest = idx - self.buckets
         if latency is not None:
-            prev = self.latency_ewma
-            self.latency_ewma = latency if prev is None else prev + a * (latency - prev)
+            prev = self._latency_ewma if self._latency_at > oldest else None
+            self._latency_ewma = latency if prev is None else prev + a * (latency - prev)
+            self._latency_at = idx
         if ttft is not None:
-            prev = self.ttft_ewma
-            self.ttft_ewma = ttft if prev is None else prev + a * (ttft - prev)
+            prev = self._ttft_ewma if self._ttft_at > oldest else None
+            self._ttft_ewma = ttft if prev is None else prev + a * (ttft - prev)
+            self._ttft_at = idx
 
     def live(self, now: float | None = None) -> list[tuple[int, list[float]]]:
         """(bucket index, vector) of every bucket still inside the window at ``now``."""
@@ -382,12 +403,13 @@ class RollingWindow:
         return total
 
     def stats(self, now: float | None = None) -> WindowStats:
+        oldest = self.index(now) - self.buckets
         return summarise(
             self.merged(now),
             self.window_seconds,
             inflight=self.inflight,
-            latency_ewma=self.latency_ewma,
-            ttft_ewma=self.ttft_ewma,
+            latency_ewma=self._latency_ewma if self._latency_at > oldest else None,
+            ttft_ewma=self._ttft_ewma if self._ttft_at > oldest else None,
         )
 
     def take_pending(self) -> dict[int, list[float]]:

@@ -20,7 +20,7 @@ from types import MappingProxyType
 
 from policies.types import Strategy
 
-NO_DATA = math.inf  # the latency of a candidate without a sample: sorts last
+NO_DATA = math.inf  # the latency of a candidate without a sample in the window
 
 
 class Columns:
@@ -78,11 +78,18 @@ def lowest_latency(columns: Columns, rng: random.Random) -> list[int]:
     """``lowest-latency``: fastest first on live figures.
 
     1. Key each candidate by its EWMA latency (time to first token for streams).
-    2. Candidates without a sample get an infinite key, so they go last.
-    3. Sort ascending; ties (and the no-data group) keep document order.
+    2. A candidate without a sample in the window (new, or idle since its figures aged out)
+       is keyed by the fastest measured latency: optimism under uncertainty, so that it is
+       tried and measured again. Were it sorted last, a deployment passed over once (say
+       during a latency spike) would never get the traffic that shows it recovered.
+    3. Sort ascending; ties keep document order.
     """
     latency = columns.latency
-    return sorted(range(len(latency)), key=latency.__getitem__)
+    measured = [x for x in latency if x != NO_DATA]
+    optimistic = min(measured) if measured else 0.0
+    return sorted(
+        range(len(latency)), key=lambda i: optimistic if latency[i] == NO_DATA else latency[i]
+    )
 
 
 def least_busy(columns: Columns, rng: random.Random) -> list[int]:

@@ -696,26 +696,38 @@ def test_caller_leaving_mid_stream_cancels_upstream_and_counts_no_failure(
 # --- retry budget and operators ------------------------------------------------------------------
 
 
-def test_exhausted_retry_budget_leaves_a_failing_request_at_one_attempt(
-    gateway: Any, sdk: Any
-) -> None:
-    """With a budget of zero retries, a 503 from the primary goes to the caller: the fallback
-    is not tried, and /metrics counts the retry the budget refused."""
+def test_exhausted_retry_budget_refuses_re_sends_but_not_fail_overs(gateway: Any, sdk: Any) -> None:
+    """With a budget of zero retries, a 503 from the primary still fails over to the untried
+    fallback (a fail-over spends nothing); a lone deployment's 500 is not retried on it, nor is
+    its 429 waited out: the caller gets the error after one attempt, and /metrics counts each
+    re-send the budget refused."""
+    empty = "ratio: 0.0, min_per_second: 0.0"
     gw = gateway(
         _config(
             _sim("primary", PRIMARY_TEXT, faults="[{kind: status, status: 503}]"),
             _sim("fallback", FALLBACK_TEXT),
-            budget="ratio: 0.0, min_per_second: 0.0",
+            budget=empty,
         )
     )
     client = sdk(gw)
-    assert _metric(gw, "llm_gateway_retry_budget_exhausted_total") == 0.0
-    error, elapsed = _chat_error(client)
-    assert error.status_code == 503
-    assert error.response.headers["x-gateway-attempts"] == "1"
-    assert _sim_requests(gw) == {"primary": 1, "fallback": 0}
+    raw, completion, elapsed = _chat(client)
+    assert completion.choices[0].message.content == FALLBACK_TEXT
+    assert raw.headers["x-gateway-attempts"] == "2"
+    assert _sim_requests(gw) == {"primary": 1, "fallback": 1}
     assert elapsed < IMMEDIATE
-    assert _metric(gw, "llm_gateway_retry_budget_exhausted_total") == 1.0
+    assert _metric(gw, "llm_gateway_retry_budget_exhausted_total") == 0.0
+
+    faults = "[{kind: status, status: 500, count: 1}, {kind: status, status: 429, retry_after: 1s}]"
+    lone = gateway(_config(_sim("primary", PRIMARY_TEXT, faults=faults), budget=empty))
+    client = sdk(lone)
+    for status, exhausted in ((502, 1.0), (429, 2.0)):  # an upstream 500 reaches us as 502
+        error, elapsed = _chat_error(client)
+        assert error.status_code == status
+        assert "retry budget" in error.message
+        assert error.response.headers["x-gateway-attempts"] == "1"
+        assert elapsed < 1.0  # the 429's Retry-After was not waited out
+        assert _metric(lone, "llm_gateway_retry_budget_exhausted_total") == exhausted
+    assert _sim_requests(lone) == {"primary": 2}
 
 
 def test_operator_forces_the_primary_open_then_hands_it_back(gateway: Any, sdk: Any) -> None:

@@ -37,11 +37,19 @@ def _sim(name: str, content: str, *, faults: str = "[]", tags: str = "", extra: 
     simulated: {{content: "{content}", faults: {faults}{extra}}}"""
 
 
-def _config(*deployments: str) -> str:
-    return """
+def _config(*deployments: str, head: str = "") -> str:
+    return (
+        """
 server: {request_timeout: 10s}
 health: {probes: {kind: none}}
-deployments:""" + "".join(deployments)
+"""
+        + head
+        + "deployments:"
+        + "".join(deployments)
+    )
+
+
+EMPTY_BUDGET = "resilience: {retry_budget: {ratio: 0.0, min_per_second: 0.0}}\n"
 
 
 def _client(url: str) -> openai.OpenAI:
@@ -79,6 +87,19 @@ def _window(gw: Any, name: str) -> WindowStats:
 
     stats: WindowStats = gw.call(read())
     return stats
+
+
+def _budget(gw: Any) -> dict[str, Any]:
+    """The retry budget's state (``RetryBudget.describe()``)."""
+
+    async def read() -> dict[str, Any]:
+        assert gw.app is not None
+        budget = gw.app[GATEWAY_KEY].resilience.budget
+        assert budget is not None
+        return budget.describe()
+
+    state: dict[str, Any] = gw.call(read())
+    return state
 
 
 def _requests(gw: Any, name: str) -> int:
@@ -171,6 +192,7 @@ def test_refused_prefill_falls_through_to_a_verified_restart(gateway: Any) -> No
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text == TEXT
     assert _requests(gw, "fallback") == 2  # the refused prefill, then the restart
+    assert _budget(gw)["retries"] == 1  # the restart is a second leg on `fallback`
 
 
 def test_refused_prefill_then_divergence_shows_the_original_cause(gateway: Any) -> None:
@@ -224,6 +246,42 @@ def test_several_choices_are_not_continued(gateway: Any) -> None:
     assert "[DONE]" not in events
     assert "unfinished" in orjson.loads(events[-1])["error"]["message"]
     assert _requests(gw, "fallback") == 0
+
+
+def test_cut_stream_is_continued_with_an_empty_retry_budget(gateway: Any) -> None:
+    """A continuation moves the answer to a fallback that did not fail: with no retry budget
+    left it still finishes the answer, spending and refusing nothing."""
+    gw = gateway(
+        _config(
+            _sim("primary", TEXT, faults=f"[{CUT}]"),
+            _sim("fallback", TEXT, tags="chat, stream, prefill"),
+            head=EMPTY_BUDGET,
+        )
+    )
+    chunks = _stream(gw)
+    assert _text(chunks) == TEXT
+    assert _finishes(chunks) == ["stop"]
+    assert _requests(gw, "fallback") == 1
+    budget = _budget(gw)
+    assert (budget["available"], budget["retries"], budget["exhausted"]) == (0, 0, 0)
+
+
+def test_second_leg_on_the_same_fallback_needs_a_budget_token(gateway: Any) -> None:
+    """After a refused prefill, restarting on that same fallback is a re-send: with an empty
+    budget it is refused (and counted), and the stream ends with the original cause."""
+    refuse = "{kind: status, status: 400, message: 'prefill is not supported', count: 1}"
+    gw = gateway(
+        _config(
+            _sim("primary", TEXT, faults=f"[{CUT}]"),
+            _sim("fallback", TEXT, faults=f"[{refuse}]", tags="chat, stream, prefill"),
+            head=EMPTY_BUDGET,
+        )
+    )
+    events = _raw_events(gw)
+    assert "[DONE]" not in events
+    assert "unfinished" in orjson.loads(events[-1])["error"]["message"]
+    assert _requests(gw, "fallback") == 1  # the refused prefill only
+    assert _budget(gw)["exhausted"] == 1
 
 
 def test_without_a_fallback_a_cut_stream_ends_with_an_in_band_error(gateway: Any) -> None:

@@ -20,8 +20,10 @@ from gateway.breakers import (
     BreakerTransition,
 )
 from health.store import ProbeResult
+from health.window import RollingWindow
 
 NO_JITTER = BreakerSettings(jitter=0.0)
+WINDOW = 60.0  # seconds covered by the health window figures passed to judge_rate
 
 
 class Clock:
@@ -121,10 +123,10 @@ def test_rate_rule_trips_a_flapping_deployment() -> None:
         b.success(b.allow(0.0), 0.0)
         fail(b, 1)
     assert b.state == "closed"
-    b.judge_rate(19, 0.5, 1.0)  # below min_volume
-    b.judge_rate(40, 0.49, 1.0)  # below failure_rate
+    b.judge_rate(19, 0.5, 1.0, window=WINDOW)  # below min_volume
+    b.judge_rate(40, 0.49, 1.0, window=WINDOW)  # below failure_rate
     assert b.state == "closed"
-    b.judge_rate(20, 0.5, 1.0)
+    b.judge_rate(20, 0.5, 1.0, window=WINDOW)
     assert b.state == "open"
     assert b.last_trip_reason == "error rate 50% over 20 requests"
 
@@ -139,12 +141,68 @@ def test_rate_rule_ignores_window_failures_from_before_the_last_close() -> None:
     for _ in range(9):
         b.success(b.allow(11.0), 11.0)
     fail(b, 1, now=11.0)
-    b.judge_rate(40, 0.6, 11.0)
+    b.judge_rate(40, 0.6, 11.0, window=WINDOW)
     assert b.state == "closed"
     fail(b, 9, now=12.0, error="timeout")  # now the fresh outcomes fail half the time
     b.success(b.allow(12.0), 12.0)  # (keeps the consecutive rule out of it)
-    b.judge_rate(40, 0.6, 12.0)
+    b.judge_rate(40, 0.6, 12.0, window=WINDOW)
     assert b.state == "open"
+
+
+def test_rate_rule_boundary_is_one_window_after_the_close() -> None:
+    """Closed for less than the window: the counts since the close must agree. From then on the
+    window's figures alone decide, still over min_volume and failure_rate."""
+    b, _ = make()
+    trip(b)
+    b.success(b.allow(10.0), 10.0)  # closed at 10
+    for _ in range(9):
+        b.success(b.allow(11.0), 11.0)
+    fail(b, 1, now=11.0)  # since the close: 1 failure in 10
+    b.judge_rate(40, 0.6, 69.999, window=WINDOW)
+    assert b.state == "closed"
+    b.judge_rate(19, 1.0, 70.0, window=WINDOW)  # below min_volume
+    b.judge_rate(40, 0.49, 70.0, window=WINDOW)  # below failure_rate
+    assert b.state == "closed"
+    b.judge_rate(40, 0.6, 70.0, window=WINDOW)
+    assert b.state == "open"
+    assert b.last_trip_reason == "error rate 60% over 40 requests"
+
+
+@pytest.mark.parametrize("healthy_before", [0, 100, 1_000, 72_000])
+def test_rate_rule_trips_a_long_healthy_deployment_once_the_window_shows_the_rate(
+    healthy_before: int,
+) -> None:
+    """However long a deployment was healthy, a 60% brownout trips its breaker at the first
+    failure after which the window (5 s x 12, as the executor feeds it) reaches min_volume and
+    failure_rate: the outcomes counted since the close, hours of them, do not outvote it."""
+    clock = Clock(0.0)
+    window = RollingWindow(buckets=12, width=5.0, clock=clock)
+    b, _ = make()
+    rate = 20.0  # requests per second
+    for _ in range(healthy_before):
+        b.success(b.allow(clock.t), clock.t)
+        window.success(0.05)
+        clock.t += 1 / rate
+    pattern = (False, True, False, False, True)  # 60% failures, never 5 in a row
+    for n in range(int(20 * 60 * rate)):  # 20 minutes of brownout at most
+        now = clock.t
+        ok = pattern[n % len(pattern)]
+        permit = b.allow(now)
+        if ok:
+            b.success(permit, now)
+            window.success(0.05)
+        else:
+            b.failure(permit, "server_error", now)
+            window.failure("server_error")
+            stats = window.stats()
+            b.judge_rate(stats.requests, stats.error_rate, now, window=stats.window_seconds)
+            if stats.requests >= 20 and stats.error_rate >= 0.5:
+                break  # the first time the window's figures qualify
+            assert b.state == "closed"
+        clock.t += 1 / rate
+    assert b.state == "open"
+    assert b.last_trip_reason is not None and b.last_trip_reason.startswith("error rate")
+    assert clock.t - healthy_before / rate <= window.window_seconds  # within one window
 
 
 def test_caller_errors_and_cancellations_never_count() -> None:
@@ -161,7 +219,7 @@ def test_caller_errors_and_cancellations_never_count() -> None:
     c, _ = make()
     for _ in range(30):
         c.failure(c.allow(0.0), "caller_error", 0.0)
-    c.judge_rate(30, 1.0, 0.0)  # no counted failure of its own: no trip
+    c.judge_rate(30, 1.0, 0.0, window=WINDOW)  # no counted failure of its own: no trip
     assert c.state == "closed"
 
 
@@ -297,7 +355,7 @@ def test_judge_rate_applies_to_the_closed_state_only() -> None:
     trip(b)
     b.failure(b.allow(5.0), "timeout", 5.0)  # re-opened, then half-open again:
     b.allow(15.0)
-    b.judge_rate(100, 1.0, 15.0)
+    b.judge_rate(100, 1.0, 15.0, window=0.0)  # (the figures alone would decide in closed)
     assert b.state == "half-open"
 
 
@@ -339,7 +397,7 @@ def test_forced_modes_hold_until_auto(
     assert bool(b.allow(1000.0)) is admits
     assert b.pybreaker.current_state == pybreaker_state
     fail(b, 20, now=2.0)
-    b.judge_rate(100, 1.0, 2.0)
+    b.judge_rate(100, 1.0, 2.0, window=1.0)  # (the window's figures alone would trip)
     b.probe(True, 2.0)
     b.remote_open(50.0, "tripped elsewhere", 2.0)
     b.force(mode, 3.0)  # same mode again: no new event

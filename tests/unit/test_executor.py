@@ -347,6 +347,7 @@ def _resilient(
     breakers: Any = None,
     budget: Any = None,
     timeout: float = 5.0,
+    hedge: dict[str, Any] | None = None,
     **retry: Any,
 ) -> Any:
     from gateway.executor import Resilience
@@ -361,7 +362,9 @@ def _resilient(
         res = Resilience(breakers=breakers, budget=budget, retry=settings)
         started = loop.time()
         try:
-            attempt = await execute(deps, call, deadline=loop.time() + timeout, resilience=res)
+            attempt = await execute(
+                deps, call, deadline=loop.time() + timeout, resilience=res, hedge=hedge
+            )
         except Exception as exc:
             return exc, deps, loop.time() - started
         return attempt, deps, loop.time() - started
@@ -400,15 +403,83 @@ def test_a_retry_after_past_the_cap_fails_over_or_gives_up_instead_of_waiting() 
     assert elapsed < 1.0 and a.calls == 1
 
 
-def test_an_empty_retry_budget_stops_retries() -> None:
-    """ratio 0 and no floor: a failing first attempt is not retried anywhere."""
+def _budget(ratio: float = 0.0, floor: float = 0.0) -> Any:
     from gateway.retrying import RetryBudget
 
-    budget = RetryBudget(ratio=0.0, min_per_second=0.0)
+    return RetryBudget(ratio=ratio, min_per_second=floor)
+
+
+def test_fail_over_to_an_untried_deployment_spends_no_budget() -> None:
+    """ratio 0 and no floor: a 503 still fails over to the untried fallback, asking nothing."""
+    budget = _budget()
     a, b = FakeProvider("a", ProviderUnavailable("down", deployment="a")), FakeProvider("b")
     result, _, _ = _resilient([a, b], budget=budget)
-    assert isinstance(result, NoDeploymentAvailable)
-    assert (a.calls, b.calls, budget.exhausted) == (1, 0, 1)
+    assert (result.deployment.name, result.attempts) == ("b", 2)
+    assert (a.calls, b.calls, budget.exhausted) == (1, 1, 0)
+    assert budget.describe()["retries"] == 0
+
+
+def test_fail_over_to_a_larger_context_window_spends_no_budget() -> None:
+    """A context-length failure moves to a larger untried window even with an empty budget."""
+    budget = _budget()
+    small = FakeProvider(
+        "small", ContextLengthExceeded("too long", deployment="small"), context_window=8000
+    )
+    large = FakeProvider("large", context_window=128000)
+    result, _, _ = _resilient([small, large], budget=budget)
+    assert result.deployment.name == "large"
+    assert (budget.describe()["retries"], budget.exhausted) == (0, 0)
+
+
+def test_re_send_to_the_same_deployment_spends_a_token() -> None:
+    """A reset retried on the same deployment spends one token of the budget."""
+    budget = _budget(floor=1.0)
+    reset = ProviderConnectionError("reset", deployment="a")
+    a, b = FakeProvider("a", reset), FakeProvider("b")
+    result, _, _ = _resilient([a, b], budget=budget)
+    assert (result.deployment.name, a.calls, b.calls) == ("a", 2, 0)
+    assert (budget.describe()["retries"], budget.exhausted) == (1, 0)
+
+
+def test_refused_re_send_falls_through_to_an_untried_deployment() -> None:
+    """Empty budget: the reset is not retried on `a`; the request fails over to `b` instead."""
+    budget = _budget()
+    reset = ProviderConnectionError("reset", deployment="a")
+    a, b = FakeProvider("a", reset), FakeProvider("b")
+    result, deps, _ = _resilient([a, b], budget=budget)
+    assert (result.deployment.name, result.attempts) == ("b", 2)
+    assert (a.calls, b.calls, budget.exhausted) == (1, 1, 1)
+    assert [d.inflight for d in deps] == [0, 1]
+
+
+def test_refused_re_send_on_a_lone_deployment_returns_the_error() -> None:
+    """Empty budget, nothing untried left: one attempt, and the error says the budget stopped
+    it; a Retry-After wait is not waited out either."""
+    budget = _budget()
+    a = FakeProvider("a", ProviderConnectionError("reset", deployment="a"))
+    result, _, _ = _resilient([a], budget=budget)
+    assert isinstance(result, NoDeploymentAvailable) and result.attempts == 1
+    assert "retry budget" in result.message
+    limited = RateLimited("slow", deployment="a", retry_after=0.5, upstream_status=429)
+    a = FakeProvider("a", limited)
+    result, _, elapsed = _resilient([a], budget=budget)
+    assert isinstance(result, NoDeploymentAvailable) and result.status == 429
+    assert (a.calls, budget.exhausted) == (1, 2)
+    assert elapsed < 0.5
+
+
+def test_a_hedge_spends_a_token_and_an_empty_budget_refuses_it() -> None:
+    """The hedge is speculative extra load: it takes a token; with none left it is not sent
+    and the slow first attempt answers on its own."""
+    budget = _budget(floor=1.0)
+    slow, fast = FakeProvider("a", 0.3), FakeProvider("b")
+    result, _, _ = _resilient([slow, fast], budget=budget, hedge={"after": "20ms"})
+    assert (result.deployment.name, fast.calls) == ("b", 1)
+    assert (budget.describe()["retries"], budget.exhausted) == (1, 0)
+    empty = _budget()
+    slow, fast = FakeProvider("a", 0.1), FakeProvider("b")
+    result, _, _ = _resilient([slow, fast], budget=empty, hedge={"after": "20ms"})
+    assert (result.deployment.name, fast.calls, empty.exhausted) == ("a", 0, 1)
 
 
 def test_max_attempts_bounds_a_long_plan() -> None:

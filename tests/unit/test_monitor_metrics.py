@@ -196,6 +196,23 @@ def test_snapshot_is_the_state_the_engine_ranks_on(monitor: HealthMonitor) -> No
     assert [s.name for s in monitor.snapshots(["c", "a"])] == ["c", "a"]
 
 
+def test_view_treats_latency_as_unmeasured_once_the_window_forgot_it(
+    monitor: HealthMonitor, clock: FakeClock
+) -> None:
+    """The routing view ranks on the EWMAs while the window holds samples; once they left it
+    (60 s here), latency and TTFT are unmeasured (None), not the last figures seen."""
+    view = monitor.view(max_age=0).get("a")
+    stats = monitor.snapshot("a").stats
+    assert view.latency is not None and view.latency == stats.latency.ewma
+    assert view.ttft is not None and view.ttft == stats.ttft.ewma
+    assert view.latency_p95 is not None and view.ttft_p95 is not None
+    clock.now += 61
+    view = monitor.view(max_age=0).get("a")
+    assert (view.latency, view.latency_p95, view.ttft, view.ttft_p95) == (None, None, None, None)
+    a = next(d for d in monitor.report()["deployments"] if d["name"] == "a")["window"]
+    assert a["latency_ms"] == a["ttft_ms"] == dict.fromkeys(("p50", "p95", "p99", "mean", "ewma"))
+
+
 def test_deployment_without_settings_uses_the_defaults(clock: FakeClock) -> None:
     """A window created later is judged with the default status settings."""
     m = make_monitor(clock)

@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 
+from health.monitor import HealthMonitor
+from health.probes import Prober
 from health.snapshot import DeploymentView, HealthSnapshot
+from health.store import MemoryStore
 from policies.engine import prepare, rank
 from policies.strategies import Columns, panic, power_of_two, weighted
 from policies.types import (
@@ -225,14 +228,15 @@ CASES = {
     # ordered: document order whatever the scores, filters still apply
     "ordered/ignores-scores": Case("ordered", ("a", "b", "c"), LAT, weights=ONLY["latency"]),
     "ordered/drops-excluded": Case("ordered", ("a", "c"), (view("b", status="ejected"),)),
-    # lowest-latency: fastest first, no data last
-    "lowest-latency/latency": Case("lowest-latency", ("b", "a", "c"), LAT),
+    # lowest-latency: fastest first; no data counts as the fastest measured (so it is measured)
+    "lowest-latency/latency": Case("lowest-latency", ("b", "c", "a"), LAT),
     "lowest-latency/stream-uses-ttft": Case(
-        "lowest-latency", ("a", "b", "c"), LAT, request=request(stream=True)
+        "lowest-latency", ("a", "c", "b"), LAT, request=request(stream=True)
     ),
-    "lowest-latency/no-data-last-in-document-order": Case(
-        "lowest-latency", ("c", "a", "b"), (view("c", latency=2.0),)
+    "lowest-latency/no-data-ties-with-the-fastest-in-document-order": Case(
+        "lowest-latency", ("a", "b", "c"), (view("c", latency=2.0),)
     ),
+    "lowest-latency/nothing-measured-keeps-document-order": Case("lowest-latency", ("a", "b", "c")),
     "lowest-latency/tie-keeps-document-order": Case(
         "lowest-latency",
         ("a", "b", "c"),
@@ -951,3 +955,43 @@ def test_a_zero_latency_figure_does_not_make_slower_candidates_score_as_fast() -
     )
     scores = {s.name: s.components["latency"] for s in plan.scored}
     assert scores["a"] == 1.0 and scores["b"] < 0.001
+
+
+@pytest.mark.parametrize("strategy", ["score", "lowest-latency"])
+def test_a_deployment_whose_latency_aged_out_is_ranked_again_as_unmeasured(
+    strategy: Strategy,
+) -> None:
+    """A primary excluded by the latency SLO during a spike gets no traffic, so nothing refreshes
+    its figures. Once its window has forgotten the slow answers it is eligible again, and its
+    latency reads as unmeasured (neutral in the score), not as the spike's last EWMA."""
+    now = [1_000_000.0]
+    store = MemoryStore(clock=lambda: now[0])  # a window of 12 x 5 s
+    monitor = HealthMonitor(store, Prober(store, clock=lambda: now[0]), {})
+    for _ in range(20):
+        monitor.window("primary").success(0.7)
+        monitor.window("fallback").success(0.05)
+    snapshot = policy(
+        route(
+            "r",
+            (dep("primary", quality=0.9), dep("fallback", quality=0.4)),
+            strategy=strategy,
+            weights=Weights(latency=1, error_rate=2, load=0, price=0, quality=3),
+            constraints=RouteConstraints(latency_slo=0.4),
+        )
+    )
+    plan = rank(snapshot, request(), monitor.view(max_age=0), explain=True)
+    assert plan.order == ("fallback",)
+    assert reasons(plan) == {"primary": "p95 latency 790ms > latency slo 400ms"}
+
+    now[0] += 61  # the fallback kept answering; the primary got nothing
+    monitor.window("fallback").success(0.05)
+    views = monitor.view(max_age=0)
+    assert views.get("primary").latency is None
+    plan = rank(snapshot, request(), views, explain=True)
+    assert plan.excluded == ()
+    assert set(plan.order) == {"primary", "fallback"}
+    latency = {s.name: s.components["latency"] for s in plan.scored}
+    assert latency == {"primary": 0.5, "fallback": 1.0}
+    # score: its quality lead counts again; lowest-latency: unmeasured is keyed by the fastest
+    # measured latency, so the primary (first in the document) is tried and measured again
+    assert plan.order == ("primary", "fallback")

@@ -58,10 +58,12 @@ class LowRng(random.Random):
 
 
 class Walk:
-    """A chooser walking a fixed list of deployment names (``None`` past its end)."""
+    """A chooser walking a fixed list of deployment names (``None`` past its end); ``spare``
+    holds the untried deployments offered instead of a re-send the budget refused."""
 
-    def __init__(self, names: Sequence[str]) -> None:
+    def __init__(self, names: Sequence[str], spare: Sequence[str] = ()) -> None:
         self.names = list(names)
+        self.spare = list(spare)
         self.index = 0
         self.asked: list[ProviderError] = []
 
@@ -73,6 +75,12 @@ class Walk:
         self.asked.append(error)
         self.index += 1
         return self.names[self.index] if self.index < len(self.names) else None
+
+    def untried(self) -> str | None:
+        if not self.spare:
+            return None
+        self.names[self.index] = self.spare.pop(0)
+        return self.names[self.index]
 
 
 Outcome = Callable[[str], BaseException] | None  # the error an attempt raises, or success
@@ -112,10 +120,14 @@ def run_chain(
     rng: random.Random | None = None,
     should_retry: Callable[[BaseException], bool] | None = None,
     details: list[RetryDetails] | None = None,
+    spare: Sequence[str] | None = None,
+    tried: Sequence[str] = (),
 ) -> Run:
-    """Drive one chain: attempt ``i`` raises ``script[i](deployment)`` (``None``: succeeds)."""
+    """Drive one chain: attempt ``i`` raises ``script[i](deployment)`` (``None``: succeeds).
+    ``spare``: untried deployments the chain may fail over to when the budget refuses a
+    re-send (``None``: no ``choose_untried``); ``tried``: sent to before the chain began."""
     clock = Clock()
-    walk = Walk(deployments)
+    walk = Walk(deployments, spare or ())
     attempts: list[tuple[str, float]] = []
 
     async def go() -> tuple[AsyncRetrying, BaseException | None]:
@@ -123,6 +135,8 @@ def run_chain(
             settings,
             deadline=deadline,
             choose_next=walk.choose,
+            choose_untried=walk.untried if spare is not None else None,
+            tried=tried,
             loop_time=clock,
             rng=rng if rng is not None else random.Random(7),
             budget=budget,
@@ -485,24 +499,72 @@ def test_budget_refuses_bad_settings() -> None:
             RetryBudget(**kwargs)  # type: ignore[arg-type]
 
 
-def test_exhausted_budget_stops_the_chain() -> None:
-    """No budget left: the first error is raised, and the refusal is counted."""
+def empty_budget() -> RetryBudget:
     budget = RetryBudget(ratio=0.0, min_per_second=0.0, clock=BudgetClock())
     budget.record_request()
-    run = run_chain([server_error, None], ["a", "b"], budget=budget)
+    return budget
+
+
+def test_fail_over_to_an_untried_deployment_spends_no_budget() -> None:
+    """An empty budget does not stop a fail-over: b was not tried yet, so nothing is asked."""
+    budget = empty_budget()
+    run = run_chain([server_error, timeout, None], ["a", "b", "c"], budget=budget)
+    assert run.error is None
+    assert [dep for dep, _ in run.attempts] == ["a", "b", "c"]
+    assert (budget.describe()["retries"], budget.exhausted) == (0, 0)
+
+
+def test_re_send_to_a_tried_deployment_spends_a_token() -> None:
+    """Retry-same spends one token; so does going back to a deployment after its pause."""
+    budget = RetryBudget(clock=BudgetClock())
+    run_chain([server_error, None], ["a", "a"], budget=budget)
+    assert budget.describe()["retries"] == 1
+    run = run_chain([rate_limited(1.0), server_error, None], ["a", "b", "a"], budget=budget)
+    assert run.error is None
+    assert budget.describe()["retries"] == 2  # a -> b free, b -> a charged
+
+
+def test_exhausted_budget_stops_a_re_send_with_no_untried_deployment_left() -> None:
+    """No budget left, only the failing deployment to go back to: the error is raised after
+    one attempt, the refusal counted."""
+    budget = empty_budget()
+    run = run_chain([server_error, None], ["a", "a"], budget=budget, spare=[])
     assert isinstance(run.error, ProviderServerError)
     assert len(run.attempts) == 1
+    assert run.statistics["stop_reason"] == "budget"
+    assert budget.exhausted == 1
+    run = run_chain([rate_limited(1.0), None], ["a", "a"], budget=budget)  # no choose_untried
+    assert isinstance(run.error, RateLimited)
+    assert (len(run.attempts), run.sleeps, budget.exhausted) == (1, [], 2)
+
+
+def test_refused_re_send_falls_through_to_an_untried_deployment() -> None:
+    """A retry-same the budget refuses becomes a fail-over to an untried one: at once, free."""
+    budget = empty_budget()
+    details: list[RetryDetails] = []
+    run = run_chain([server_error, None], ["a", "a"], budget=budget, spare=["b"], details=details)
+    assert run.error is None
+    assert run.attempts == [("a", 0.0), ("b", 0.0)]
+    assert [(d.next_deployment, d.reason, d.wait) for d in details] == [("b", "fail-over", 0.0)]
+    assert (budget.describe()["retries"], budget.exhausted) == (0, 1)
+
+
+def test_a_deployment_tried_before_the_chain_counts_as_tried() -> None:
+    """A deployment a hedge already sent to is a re-send for the chain: it asks the budget."""
+    budget = empty_budget()
+    run = run_chain([server_error, None], ["a", "b"], budget=budget, tried=["b"])
+    assert isinstance(run.error, ProviderServerError)
     assert run.statistics["stop_reason"] == "budget"
     assert budget.exhausted == 1
 
 
 def test_budget_is_spent_only_on_retries_that_happen() -> None:
-    """One retry spends one token; a chain stopped by max_attempts spends and refuses none."""
+    """One re-send spends one token; a chain stopped by max_attempts spends and refuses none."""
     budget = RetryBudget(clock=BudgetClock())
-    run_chain([server_error, None], ["a", "b"], budget=budget)
+    run_chain([server_error, None], ["a", "a"], budget=budget)
     assert budget.describe()["retries"] == 1
     settings = RetrySettings(max_attempts=2)
-    run = run_chain([server_error] * 3, ["a", "b", "c"], settings=settings, budget=budget)
+    run = run_chain([server_error] * 3, ["a", "a", "a"], settings=settings, budget=budget)
     assert run.statistics["stop_reason"] == "max_attempts"
     assert (budget.describe()["retries"], budget.exhausted) == (2, 0)
 

@@ -664,14 +664,46 @@ def test_failures_do_not_move_the_ewma(make: Make) -> None:
     assert (window.latency_ewma, window.ttft_ewma) == (0.5, 0.2)
 
 
-def test_ewma_outlives_the_window(make: Make) -> None:
-    """The EWMA follows this process's samples and is not windowed: it stays after expiry."""
+def test_ewma_ages_out_with_its_newest_sample(make: Make) -> None:
+    """An EWMA reads as unmeasured (None) from the moment its newest sample leaves the window
+    (12 x 5 s: at 60 s for a sample taken at 0 s), like the window's other figures."""
     window, clock = make()
-    window.success(0.5)
-    clock.t = 1000.0
+    window.success(0.5, ttft=0.2)
+    clock.t = 59.999
     stats = window.stats()
-    assert stats.latency.p50 is None
-    assert stats.latency.ewma == 0.5
+    assert (stats.latency.ewma, stats.ttft.ewma) == (0.5, 0.2)
+    assert (window.latency_ewma, window.ttft_ewma) == (0.5, 0.2)
+    clock.t = 60.0
+    stats = window.stats()
+    assert (stats.latency.p50, stats.latency.ewma) == (None, None)
+    assert (stats.ttft.p50, stats.ttft.ewma) == (None, None)
+    assert (window.latency_ewma, window.ttft_ewma) == (None, None)
+    assert window.stats(now=59.0).latency.ewma == 0.5  # judged at the time asked for
+
+
+def test_a_newer_sample_keeps_the_ewma_alive(make: Make) -> None:
+    """Each sample restarts the EWMA's time in the window; latency and TTFT age separately."""
+    window, clock = make()
+    window.success(1.0, ttft=0.4)
+    clock.t = 50.0
+    window.success(2.0)  # a latency sample only
+    clock.t = 100.0
+    assert window.latency_ewma == pytest.approx(1.3)
+    assert window.ttft_ewma is None
+    clock.t = 110.0
+    assert window.latency_ewma is None
+
+
+def test_an_aged_out_ewma_restarts_at_the_next_sample(make: Make) -> None:
+    """The first sample after a silence longer than the window is the new EWMA: the stale
+    figure does not drag it (0.7 s then, 0.05 s now reads 0.05 s, not 0.505 s)."""
+    window, clock = make()
+    window.success(0.7, ttft=0.7)
+    clock.t = 60.0
+    window.success(0.05, ttft=0.05)
+    assert (window.latency_ewma, window.ttft_ewma) == (0.05, 0.05)
+    window.success(0.15)
+    assert window.latency_ewma == pytest.approx(0.08)
 
 
 # -- tokens, cost, inflight, totals ---------------------------------------------------------
