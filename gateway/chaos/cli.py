@@ -54,6 +54,9 @@ def run_command(files: list[str], out: str | None, scale: float | None, quiet: b
     if rejected:
         return EXIT_REJECTED
     root = Path(out or DEFAULT_OUT)
+    if root.exists() and not root.is_dir():
+        _say(f"chaos: --out {root}: exists and is not a directory")
+        return EXIT_REJECTED
     rows: list[dict[str, Any]] = []
     worst = EXIT_OK
     for scenario in scenarios:
@@ -73,6 +76,15 @@ def run_command(files: list[str], out: str | None, scale: float | None, quiet: b
             _say(f"chaos: {scenario.name}: the run could not be carried out: {exc}")
             worst = max(worst, EXIT_RUN)
             continue
+        except OSError as exc:
+            _say(f"chaos: {scenario.name}: the run could not be carried out: {exc}")
+            worst = max(worst, EXIT_RUN)
+            continue
+        except Exception as exc:  # a bug in the runner: say where the details are
+            where = _write_traceback(directory)
+            _say(f"chaos: {scenario.name}: the run failed ({type(exc).__name__}: {exc}); {where}")
+            worst = max(worst, EXIT_RUN)
+            continue
         _say(verdict_line(result, directory))
         rows.append(result)
         if not result["passed"]:
@@ -82,6 +94,18 @@ def run_command(files: list[str], out: str | None, scale: float | None, quiet: b
         summary.write_text(summary_markdown(rows))
         _say(f"chaos: summary of {len(rows)} scenario(s): {summary}")
     return worst
+
+
+def _write_traceback(directory: Path) -> str:
+    """The current exception's traceback in ``directory/error.txt``; where it went, in words."""
+    import traceback
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "error.txt").write_text(traceback.format_exc())
+    except OSError:
+        return "no traceback could be written"
+    return f"the traceback is in {directory / 'error.txt'}"
 
 
 def _progress(name: str, quiet: bool) -> Callable[[str], None]:
@@ -102,7 +126,14 @@ def report_command(directory: str) -> int:
     except RunError as exc:
         _say(f"chaos: {exc}")
         return EXIT_REJECTED
-    finish(result, path)
+    try:
+        finish(result, path)
+    except OSError as exc:
+        _say(f"chaos: {path}: cannot write the report: {exc}")
+        return EXIT_RUN
+    except (KeyError, TypeError, ValueError) as exc:
+        _say(f"chaos: {path / 'result.json'}: not a chaos result ({type(exc).__name__}: {exc})")
+        return EXIT_REJECTED
     _say(verdict_line(result, path))
     return EXIT_OK if result["passed"] else EXIT_FAILED
 

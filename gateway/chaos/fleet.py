@@ -43,9 +43,14 @@ class RunError(Exception):
     """A run could not be carried out (a child did not start, a tool is missing)."""
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def _die_with_parent(sig: int = signal.SIGTERM) -> None:  # pragma: no cover - in the child
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def _killed_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """SIGKILL on the parent's death: a Redis frozen by SIGSTOP ignores SIGTERM until thawed."""
+    _die_with_parent(signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -59,7 +64,13 @@ def _append(log: Path) -> BinaryIO:
     return open(log, "ab")
 
 
-async def _spawn(argv: list[str], log: Path, *, stderr_pipe: bool) -> asyncio.subprocess.Process:
+async def _spawn(
+    argv: list[str],
+    log: Path,
+    *,
+    stderr_pipe: bool,
+    on_parent_death: Callable[[], None] = _die_with_parent,
+) -> asyncio.subprocess.Process:
     with _append(log) as out:
         return await asyncio.create_subprocess_exec(
             *argv,
@@ -67,7 +78,7 @@ async def _spawn(argv: list[str], log: Path, *, stderr_pipe: bool) -> asyncio.su
             stdout=out,
             stderr=asyncio.subprocess.PIPE if stderr_pipe else out,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=on_parent_death,
         )
 
 
@@ -204,7 +215,9 @@ class RedisProcess:
     async def start(self) -> None:
         argv = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
         argv += ["--appendonly", "no", "--dir", str(self._tmp), "--protected-mode", "no"]
-        self._proc = await _spawn(argv, self.log, stderr_pipe=False)
+        self._proc = await _spawn(
+            argv, self.log, stderr_pipe=False, on_parent_death=_killed_with_parent
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10.0
         while loop.time() < deadline:
@@ -282,8 +295,11 @@ class Sampler:
         replicas: list[GatewayReplica],
         clock: Callable[[], float],
         interval: float = 0.25,
+        *,
+        token: str | None = None,
     ) -> None:
         self.replicas = replicas
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.clock = clock
         self.interval = interval
         self.samples: list[dict[str, Any]] = []
@@ -315,22 +331,31 @@ class Sampler:
     async def _read(self, replica: GatewayReplica) -> tuple[float, dict[str, Any]] | None:
         assert self._session is not None
         try:
-            async with self._session.get(f"{replica.url}/metrics") as resp:
+            async with self._session.get(f"{replica.url}/metrics", headers=self._headers) as resp:
                 text = await resp.text()
                 at = self.clock()
-        except (aiohttp.ClientError, TimeoutError):
-            self.failures += 1
+                if resp.status != 200:
+                    raise ValueError(f"/metrics answered {resp.status}")
+            return at, parse_metrics(text)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            self.failures += 1  # a replica being killed or restarted; counted in result.json
             return None
-        return at, parse_metrics(text)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.sample()  # the final counters
-        if self._session is not None:
-            await self._session.close()
+        """Stop sampling after one last reading (the final counters); safe to call twice."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        session, self._session = self._session, None
+        if session is not None:
+            self._session = session
+            try:
+                await self.sample()
+            finally:
+                self._session = None
+                await session.close()
 
 
 def wall_time() -> str:

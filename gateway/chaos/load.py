@@ -17,8 +17,9 @@ it is whole and equal to the payload. What the caller was told decides how a fai
 - a 200 with no error signalled, but the content differs, ``finish_reason`` is missing (or not
   ``"stop"`` for an echoing deployment), or a stream lacks ``data: [DONE]`` → ``truncated`` with
   ``truncated=True``. The gateway ends every stream with ``[DONE]`` or an in-band error, so a
-  200 answer that breaks off any other way, a dropped connection included, is truncated unless
-  its replica was killed.
+  200 answer that breaks off any other way, a dropped connection or a body short of its
+  ``Content-Length`` included, is truncated unless its replica was killed. An echo is never
+  cut, so ``"length"`` from one means the answer was cut on the way even if the text is whole.
 
 Sending, step by step:
 
@@ -378,13 +379,14 @@ class _Driver:
 
     async def closed_loop(self, planner: _Planner, workers: int) -> None:
         async def worker() -> None:
-            while self.loop.time() - self.origin < self.traffic.duration:
-                await self.send(planner.next())
+            while (now := self.loop.time()) - self.origin < self.traffic.duration:
+                await self.send(planner.next(), started=now)  # sent at the time it was checked
 
         await asyncio.gather(*(worker() for _ in range(workers)))
 
-    async def send(self, planned: Planned) -> None:
-        started = self.loop.time()
+    async def send(self, planned: Planned, started: float | None = None) -> None:
+        if started is None:
+            started = self.loop.time()
         t = started - self.origin
         self.started[planned.n] = (planned, t, started)
         record = _Record(t=t, stream=planned.stream, replica=planned.n % len(self.urls))

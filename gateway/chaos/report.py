@@ -210,7 +210,7 @@ def _headline(figures: Mapping[str, Any]) -> list[str]:
         lines.append(f"- Failures by reason: {reasons}.")
     lines.append(
         f"- Retry amplification: {_value(amp, 'ratio')} upstream attempts per request "
-        f"({figures['upstream_attempts']} in all); the retry budget bounds it at "
+        f"({figures['upstream_attempts']} in all); the retry budget's allowance is "
         f"{_value(bound, 'ratio')}."
     )
     share = "-" if wasted_share is None else f"{wasted_share:.1%}"

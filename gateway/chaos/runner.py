@@ -48,10 +48,13 @@ def _quiet(_: str) -> None:
     return None
 
 
-def write_yaml(path: Path, data: Any) -> None:
+def write_yaml(path: Path, data: Any, mode: int = 0o644) -> None:
     """Write ``data`` as YAML atomically (temp file + rename): a watcher never sees half."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(yaml.safe_dump(data, sort_keys=False))
+    os.chmod(tmp, mode)  # whatever the umask or an earlier file left
     os.replace(tmp, path)
 
 
@@ -61,16 +64,30 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+RESULT_KEYS = {"scenario": dict, "requests": dict, "samples": list, "upstreams": dict}
+
+
 def read_result(directory: Path) -> dict[str, Any]:
+    """``DIR/result.json`` of an earlier run, checked for the parts the figures are made of."""
     path = directory / "result.json"
     try:
-        data: dict[str, Any] = orjson.loads(path.read_bytes())
+        data = orjson.loads(path.read_bytes())
     except FileNotFoundError:
         raise RunError(f"{path}: no such file; pass the directory a chaos run wrote") from None
+    except OSError as exc:
+        raise RunError(f"{path}: cannot be read ({exc.strerror})") from None
     except orjson.JSONDecodeError as exc:
         raise RunError(f"{path}: not a chaos result ({exc})") from None
     if not isinstance(data, dict) or data.get("version") != RESULT_VERSION:
         raise RunError(f"{path}: not a chaos result of version {RESULT_VERSION}")
+    wrong = [k for k, kind in RESULT_KEYS.items() if not isinstance(data.get(k), kind)]
+    requests = data.get("requests")
+    if isinstance(requests, dict) and not (
+        isinstance(requests.get("columns"), list) and isinstance(requests.get("rows"), list)
+    ):
+        wrong.append("requests.columns/rows")
+    if wrong:
+        raise RunError(f"{path}: not a chaos result: missing or malformed {', '.join(wrong)}")
     return data
 
 
@@ -105,13 +122,14 @@ async def run(scenario: Scenario, out: Path, progress: Progress = _quiet) -> dic
             policy_path = out / "policy.yaml"
             write_yaml(policy_path, scenario.policy)
         config_path = out / "gateway.yaml"
-        write_yaml(
+        write_yaml(  # it holds the values of any ${VAR} the scenario used: owner-only
             config_path,
             scenario.gateway_config(
                 upstreams.urls(),
                 redis_url=redis.url if redis is not None else None,
                 policy_path=str(policy_path) if policy_path is not None else None,
             ),
+            mode=0o600,
         )
         budget = _budget(config_path)
         replicas = [
@@ -124,46 +142,62 @@ async def run(scenario: Scenario, out: Path, progress: Progress = _quiet) -> dic
             f"starting {len(scenario.deployments)} upstream(s), {len(replicas)} gateway "
             f"replica(s){', redis' if redis else ''}"
         )
-        await asyncio.gather(*(r.start() for r in replicas))
+        for replica in replicas:  # one after the other: a failed start leaves nothing running
+            await replica.start()
         await _preflight(replicas, scenario)
 
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        started_at = wall_time()
 
         def clock() -> float:
             return loop.time() - t0
 
+        sampler = Sampler(replicas, clock, token=scenario.admin_token())
+        stack.push_async_callback(sampler.stop)
+        await sampler.start()  # the baseline reading, just before t = 0
+        before = upstreams.stats()  # the preflight's requests are not the run's
+        provisional, t0 = t0, loop.time()
+        for sample in sampler.samples:  # taken before t = 0: negative times
+            sample["t"] = round(sample["t"] - (t0 - provisional), 4)
+        started_at = wall_time()
         upstreams.arm(origin=t0)
-        sampler = Sampler(replicas, clock)
-        await sampler.start()
         events: list[dict[str, Any]] = []
         timeline = asyncio.create_task(
             _timeline(scenario, replicas, redis, policy_path, clock, events, progress)
         )
         progress(_traffic_line(scenario))
         simulated = {d.name for d in scenario.deployments if d.simulated is not None}
-        try:
-            outcomes = await drive(
+        everything_echoes = len(simulated) == len(scenario.deployments)
+        driving = asyncio.create_task(
+            drive(
                 scenario.traffic,
                 [f"{r.url}/v1" for r in replicas],
                 scenario.seed,
                 dead=lambda i: replicas[i].killed,
-                echo=lambda name: name in simulated,
+                # every answer is checked word for word when every deployment echoes (even one
+                # without an x-gateway-deployment header); else those of simulated deployments
+                echo=lambda name: everything_echoes or name in simulated,
                 origin=t0,
             )
+        )
+        try:
+            await asyncio.wait({timeline, driving}, return_when=asyncio.FIRST_EXCEPTION)
+            if timeline.done() and not timeline.cancelled() and timeline.exception() is not None:
+                failure = timeline.exception()
+                raise RunError(f"the fault timeline failed at t = {clock():.2f} s: {failure}")
+            outcomes = driving.result()
         finally:
             duration = clock()
-            timeline.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timeline
+            for task in (timeline, driving):
+                task.cancel()
+            await asyncio.gather(timeline, driving, return_exceptions=True)
             await sampler.stop()
         if redis is not None:
             redis.thaw()
         for replica in replicas:  # attempts still being abandoned end (and are billed) first
             await replica.stop()
         await upstreams.stop()
-        stats = upstreams.stats()
+        stats = _since(upstreams.stats(), before)
     prices = {
         d.name: {"input": d.price_input, "output": d.price_output} for d in scenario.deployments
     }
@@ -188,10 +222,29 @@ async def run(scenario: Scenario, out: Path, progress: Progress = _quiet) -> dic
 
 
 def _prepare(out: Path) -> None:
-    """The run's directory, without the files of an earlier run that this one rewrites."""
+    """The run's directory, without the files of an earlier run into it (logs included)."""
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("result.json", "report.md", "timeline.png"):
-        (out / stale).unlink(missing_ok=True)
+    for pattern in ("result.json", "report.md", "timeline.png", "*.yaml", "*.log"):
+        for stale in out.glob(pattern):
+            stale.unlink(missing_ok=True)
+
+
+def _since(now: dict[str, dict[str, Any]], before: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each upstream's counters minus their values at ``before`` (numbers and count maps)."""
+    out: dict[str, Any] = {}
+    for name, stats in now.items():
+        base = before.get(name, {})
+        entry: dict[str, Any] = {}
+        for key, value in stats.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                entry[key] = value - base.get(key, 0)
+            elif isinstance(value, dict):
+                old = base.get(key, {})
+                entry[key] = {k: v - old.get(k, 0) for k, v in value.items() if v - old.get(k, 0)}
+            else:
+                entry[key] = value
+        out[name] = entry
+    return out
 
 
 def _budget(config_path: Path) -> dict[str, float]:

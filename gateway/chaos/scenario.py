@@ -40,6 +40,10 @@ Loading, step by step:
    ``policy_reload``'s) passes the policy schema and its cross-checks against the deployments.
    A ``redis_outage`` needs no ``health.store: redis``: it turns the redis store on by itself
    (:meth:`Scenario.uses_redis`), and is refused only when the scenario sets ``store: memory``.
+   The load has bounds the driver can keep: ``rate`` at most :data:`MAX_RATE` requests/s,
+   ``concurrency`` at most :data:`MAX_CONCURRENCY`, ``rate`` x scaled ``duration`` at most
+   :data:`MAX_PLANNED_REQUESTS`, token ranges up to :data:`MAX_TOKENS`, ``timeout`` at most
+   10 minutes and the scaled ``duration`` at most 24 hours.
 5. **Scale**: ``traffic.duration`` and every fault's ``at``, ``for``, ``period`` and ``down``
    are multiplied by ``scale`` (``0 < scale <= 10``); delays, ``retry_after``, expectations and
    everything in ``gateway:``/``policy:`` are properties of the system under test and stay.
@@ -47,6 +51,13 @@ Loading, step by step:
 Times in a loaded :class:`Scenario` are seconds since traffic start (t = 0 when the first
 request is due), already scaled. :meth:`Scenario.to_json` and :func:`scenario_from_json` carry a
 scenario into ``result.json`` and back (``gateway chaos report``).
+
+Secrets: ``${VAR}`` values are interpolated at load and kept in the scenario, because the gateway
+config written for the run needs them (:meth:`Scenario.gateway_config`). They never leave it
+otherwise: :meth:`Scenario.to_json` (``result.json`` is shared) writes :data:`REDACTED` in place
+of every value the gateway types as a secret (a deployment's ``headers`` and ``query_params``,
+``gateway.admin.token``, ``gateway.server.api_keys`` ...) and of every traffic header whose name
+says it carries a credential; the dataclasses leave those sections out of their ``repr``.
 """
 
 from __future__ import annotations
@@ -54,15 +65,18 @@ from __future__ import annotations
 import copy
 import math
 import re
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretBytes,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -86,7 +100,14 @@ from policies.types import DeploymentInfo
 
 __all__ = [
     "DEPLOYMENT_FAULT_KINDS",
+    "MAX_CLIENT_TIMEOUT",
+    "MAX_CONCURRENCY",
+    "MAX_DURATION",
+    "MAX_PLANNED_REQUESTS",
+    "MAX_RATE",
     "MAX_SCALE",
+    "MAX_TOKENS",
+    "REDACTED",
     "RUN_FAULT_KINDS",
     "ChaosDeployment",
     "Expectations",
@@ -99,6 +120,16 @@ __all__ = [
 ]
 
 MAX_SCALE = 10.0
+# Bounds of the load one driver process can plan, send and record.
+MAX_RATE = 5000.0  # requests/s
+MAX_CONCURRENCY = 2000  # closed-loop workers (the driver's in-flight cap)
+MAX_PLANNED_REQUESTS = 200_000  # rate x scaled duration
+MAX_TOKENS = 100_000  # upper end of prompt_tokens / output_tokens
+MAX_CLIENT_TIMEOUT = 600.0  # traffic.timeout, seconds
+MAX_DURATION = 24 * 3600.0  # scaled traffic.duration, seconds
+REDACTED = "[redacted]"
+# A traffic header whose lower-cased name contains one of these carries a credential.
+_SENSITIVE_HEADER_PARTS = ("auth", "cookie", "key", "token", "secret", "password")
 NAME_PATTERN = r"^[a-z0-9-]+$"
 DEFAULT_PROMPT_TOKENS = (50, 400)
 DEFAULT_OUTPUT_TOKENS = (8, 32)
@@ -170,6 +201,8 @@ def _token_range(value: Any) -> Any:
         raise ValueError(f"a number of tokens cannot be negative, got {low}")
     if low > high:
         raise ValueError(f"low ({low}) must not be above high ({high})")
+    if high > MAX_TOKENS:
+        raise ValueError(f"at most {MAX_TOKENS} tokens, got {high}")
     return (low, high)
 
 
@@ -358,6 +391,27 @@ class _Traffic(_Model):
             raise ValueError("at least 1 output token (the answer is the echoed payload)")
         return value
 
+    @field_validator("rate")
+    @classmethod
+    def _rate_bound(cls, value: float | None) -> float | None:
+        if value is not None and value > MAX_RATE:
+            raise ValueError(f"at most {MAX_RATE:g} requests/s, got {value:g}")
+        return value
+
+    @field_validator("concurrency")
+    @classmethod
+    def _concurrency_bound(cls, value: int | None) -> int | None:
+        if value is not None and value > MAX_CONCURRENCY:
+            raise ValueError(f"at most {MAX_CONCURRENCY} workers, got {value}")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_bound(cls, value: float) -> float:
+        if value > MAX_CLIENT_TIMEOUT:
+            raise ValueError(f"at most 10m ({MAX_CLIENT_TIMEOUT:g}s), got {value:g}s")
+        return value
+
     @model_validator(mode="after")
     def _one_loop(self) -> _Traffic:
         if (self.rate is None) == (self.concurrency is None):
@@ -408,7 +462,8 @@ class ChaosDeployment:
     ``simulated`` has ``echo`` forced on and no faults (they come from the timeline); for a real
     upstream ``upstream_url`` is set instead. ``extra`` holds the keys that go unchanged into the
     gateway's deployment entry (``aliases``, ``tags``, ``timeouts`` ...; the price is in
-    ``price_input``/``price_output``, USD per million tokens).
+    ``price_input``/``price_output``, USD per million tokens). It may hold secrets (``headers``,
+    ``query_params``), so it is not part of the ``repr``.
     """
 
     name: str
@@ -418,7 +473,7 @@ class ChaosDeployment:
     simulated: SimulatedSettings | None
     upstream_url: str | None
     api_key_env: str | None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def gateway_entry(self, base_url: str) -> dict[str, Any]:
         """This deployment's entry in the gateway config, reached at ``base_url``.
@@ -441,7 +496,10 @@ class ChaosDeployment:
 
 @dataclass(frozen=True)
 class Traffic:
-    """What the load driver sends. Exactly one of ``rate`` (open loop) and ``concurrency``."""
+    """What the load driver sends. Exactly one of ``rate`` (open loop) and ``concurrency``.
+
+    ``headers`` go on every request and may carry credentials: not part of the ``repr``.
+    """
 
     model: str
     rate: float | None
@@ -451,7 +509,7 @@ class Traffic:
     prompt_tokens: tuple[int, int]
     output_tokens: tuple[int, int]
     timeout: float
-    headers: dict[str, str]
+    headers: dict[str, str] = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -555,7 +613,10 @@ class Expectations:
 
 @dataclass(frozen=True)
 class Scenario:
-    """A loaded, scaled scenario: everything a run is built from."""
+    """A loaded, scaled scenario: everything a run is built from.
+
+    ``gateway`` may hold secrets (``admin.token``, ``server.api_keys``): not part of the ``repr``.
+    """
 
     name: str
     description: str
@@ -564,7 +625,7 @@ class Scenario:
     scale: float
     deployments: tuple[ChaosDeployment, ...]
     replicas: int
-    gateway: dict[str, Any]  # `gateway:` minus `replicas`
+    gateway: dict[str, Any] = field(repr=False)  # `gateway:` minus `replicas`
     policy: dict[str, Any] | None
     traffic: Traffic
     faults: tuple[FaultSpec, ...]  # scaled, in file order
@@ -587,6 +648,13 @@ class Scenario:
             or any(f.kind == "redis_outage" for f in self.faults)
         )
 
+    def admin_token(self) -> str | None:
+        """The bearer token the gateway requires on ``/admin/*`` and ``/metrics``
+        (``gateway.admin.token``, interpolated), or None when the scenario sets none."""
+        admin = self.gateway.get("admin")
+        token = admin.get("token") if isinstance(admin, dict) else None
+        return token if isinstance(token, str) else None
+
     def gateway_config(
         self, upstream_urls: dict[str, str], *, redis_url: str | None, policy_path: str | None
     ) -> dict[str, Any]:
@@ -596,7 +664,8 @@ class Scenario:
         memory store, or the redis store at ``redis_url`` when :meth:`uses_redis`), the
         scenario's ``gateway:`` merged over it key by key, one ``provider: openai`` entry per
         deployment at ``upstream_urls[name]``, and ``policy`` watching ``policy_path`` when
-        given. Raises ``ValueError`` when something the scenario needs is missing.
+        given. Secrets are in it as values: write it where only the run can read it. Raises
+        ``ValueError`` when something the scenario needs is missing.
         """
         missing = [d.name for d in self.deployments if d.name not in upstream_urls]
         if missing:
@@ -616,7 +685,11 @@ class Scenario:
         return document
 
     def to_json(self) -> dict[str, Any]:
-        """Everything above as plain JSON data (faults also with ``end`` and ``label``)."""
+        """Everything above as plain JSON data (faults also with ``end`` and ``label``), with
+        :data:`REDACTED` for every secret: each value the gateway's own models type as a secret
+        (in a deployment's passthrough keys and in ``gateway``) and each traffic header whose
+        name says it carries a credential. :func:`scenario_from_json` loads such a document
+        back for reports; it cannot be run."""
         return {
             "name": self.name,
             "description": self.description,
@@ -635,12 +708,12 @@ class Scenario:
                     else d.simulated.model_dump(mode="json"),
                     "upstream_url": d.upstream_url,
                     "api_key_env": d.api_key_env,
-                    "extra": copy.deepcopy(d.extra),
+                    "extra": _redact(d.extra, OpenAIDeployment),
                 }
                 for d in self.deployments
             ],
             "replicas": self.replicas,
-            "gateway": copy.deepcopy(self.gateway),
+            "gateway": _redact(self.gateway, GatewayConfig),
             "policy": copy.deepcopy(self.policy),
             "traffic": {
                 "model": self.traffic.model,
@@ -651,7 +724,10 @@ class Scenario:
                 "prompt_tokens": list(self.traffic.prompt_tokens),
                 "output_tokens": list(self.traffic.output_tokens),
                 "timeout": self.traffic.timeout,
-                "headers": dict(self.traffic.headers),
+                "headers": {
+                    name: REDACTED if _sensitive_header(name) else value
+                    for name, value in self.traffic.headers.items()
+                },
             },
             "faults": [
                 {
@@ -679,7 +755,10 @@ class Scenario:
 
 
 def scenario_from_json(data: dict[str, Any]) -> Scenario:
-    """The inverse of :meth:`Scenario.to_json` (``end`` and ``label`` are derived, not read)."""
+    """The inverse of :meth:`Scenario.to_json` (``end`` and ``label`` are derived, not read).
+
+    Secrets come back as :data:`REDACTED`: the scenario serves reports, not runs.
+    """
     traffic = data["traffic"]
     expect = data["expect"]
     return Scenario(
@@ -746,6 +825,48 @@ def _pair(value: Any) -> tuple[int, int]:
     return (int(low), int(high))
 
 
+# --- redaction -----------------------------------------------------------------------------------
+
+
+def _sensitive_header(name: str) -> bool:
+    """Whether a request header called ``name`` carries a credential (``Authorization``,
+    ``Cookie``, ``X-Api-Key``, ``X-Session-Token`` ...)."""
+    lowered = name.lower()
+    return any(part in lowered for part in _SENSITIVE_HEADER_PARTS)
+
+
+def _redact(value: Any, annotation: Any) -> Any:
+    """A copy of ``value`` (plain config data of type ``annotation``) with :data:`REDACTED` for
+    every part the type declares a secret, found by walking the type: models field by field
+    (under their YAML names), containers item by item, and every variant of a union (a part that
+    any variant declares a secret is redacted). Parts of other types are copied unchanged."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if value is None:
+        return None
+    if origin is Annotated:
+        return _redact(value, args[0])
+    if isinstance(annotation, type) and issubclass(annotation, SecretStr | SecretBytes):
+        return REDACTED
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if not isinstance(value, dict):
+            return copy.deepcopy(value)
+        fields = {f.alias or n: f.annotation for n, f in annotation.model_fields.items()}
+        return {
+            k: _redact(v, fields[k]) if k in fields else copy.deepcopy(v) for k, v in value.items()
+        }
+    if origin is Union or origin is types.UnionType:
+        for arg in args:
+            value = _redact(value, arg)
+        return value
+    if origin is dict and isinstance(value, dict) and len(args) == 2:
+        return {k: _redact(v, args[1]) for k, v in value.items()}
+    if origin in (list, tuple, set, frozenset) and isinstance(value, list | tuple) and args:
+        if origin is tuple and args[-1] is not Ellipsis and len(args) == len(value):
+            return [_redact(v, a) for v, a in zip(value, args, strict=True)]
+        return [_redact(v, args[0]) for v in value]
+    return copy.deepcopy(value)
+
+
 # --- loading -------------------------------------------------------------------------------------
 
 
@@ -764,7 +885,7 @@ def parse_scenario(text: str, file: str = "<scenario>", scale: float | None = No
 
     def cross_check(data: dict[str, Any], doc: YamlDocument) -> list[ConfigIssue]:
         raw.append(data)
-        return _cross_check(data, doc)
+        return _cross_check(data, doc, 1.0 if scale is None else float(scale))
 
     model = load_model(
         _ScenarioFile,
@@ -915,8 +1036,9 @@ class _GatewaySection(BaseModel):
     gateway: GatewayConfig
 
 
-def _cross_check(data: dict[str, Any], doc: YamlDocument) -> list[ConfigIssue]:
+def _cross_check(data: dict[str, Any], doc: YamlDocument, scale: float) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
+    _check_load(data.get("traffic"), scale, doc, issues)
     if data.get("name") is None and not re.match(NAME_PATTERN, Path(doc.file).stem):
         issues.append(
             doc.issue(
@@ -953,6 +1075,46 @@ def _seconds(value: Any) -> float | None:
         return parse_duration(value)
     except ValueError:
         return None
+
+
+def _number(value: Any) -> float | None:
+    """A finite positive number as pydantic reads it (YAML reads ``1e9`` as a string), else
+    None (the schema reports what is wrong with it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _check_load(traffic: Any, scale: float, doc: YamlDocument, issues: list[ConfigIssue]) -> None:
+    """The scaled duration and the requests an open loop plans stay within what one driver
+    process sends and records."""
+    if not isinstance(traffic, dict):
+        return
+    duration = _seconds(traffic.get("duration"))
+    if duration is None or duration <= 0:
+        return
+    at_scale = "" if scale == 1 else f" at scale {scale:g}"
+    if duration * scale > MAX_DURATION + _EPS:
+        reason = (
+            f"the traffic lasts {duration * scale:g}s{at_scale}: at most 24h ({MAX_DURATION:g}s)"
+        )
+        issues.append(doc.issue(("traffic", "duration"), reason))
+        return
+    rate = _number(traffic.get("rate"))
+    if rate is None or rate > MAX_RATE:
+        return
+    planned = rate * duration * scale
+    if planned > MAX_PLANNED_REQUESTS + _EPS:
+        reason = (
+            f"rate x duration plans {planned:.0f} requests ({rate:g}/s for "
+            f"{duration * scale:g}s{at_scale}): at most {MAX_PLANNED_REQUESTS}; lower `rate` "
+            "or shorten `duration`"
+        )
+        issues.append(doc.issue(("traffic", "rate"), reason))
 
 
 def _check_deployments(

@@ -69,10 +69,9 @@ from gateway.providers.simulated.handlers import (
     STOPPING,
     ListenerState,
     cut_connection,
-    drop_connection,
+    early_fault,
     error_response,
     not_found,
-    status_fault_response,
 )
 from gateway.providers.simulated.server import MAX_BODY_SIZE, SimulatedServer
 from gateway.providers.simulated.settings import Fault, SimulatedSettings
@@ -277,19 +276,12 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         body = None
     stream = isinstance(body, dict) and body.get("stream") is True
     fault = sim.choose_fault(stream=stream)
-    kind = fault.kind if fault is not None else None
-    if kind in ("reset", "refuse"):
-        return drop_connection(request)
-    if kind == "hang":
-        await app[STOPPING].wait()
-        return drop_connection(request)
-    delay = sim.first_byte_delay(fault)
+    early = await early_fault(request, sim, fault)
+    if early is not None:
+        return early
+    delay = sim.first_byte_delay(fault)  # slow_first_token: the upstream's answer comes late
     if delay > 0:
         await asyncio.sleep(delay)
-    if fault is not None and kind == "status":
-        return status_fault_response(fault)
-    if kind == "garbage":
-        return web.Response(body=render.GARBAGE_BODY, content_type="application/json")
     return await _forward(request, raw, body, fault)
 
 

@@ -13,22 +13,9 @@ import orjson
 import pytest
 
 from gateway.chaos.figures import check, compute, percentile
+from gateway.chaos.load import OUTCOME_COLUMNS
 
-COLUMNS = [
-    "t",
-    "latency",
-    "duration",
-    "stream",
-    "status",
-    "ok",
-    "reason",
-    "truncated",
-    "deployment",
-    "attempts",
-    "replica",
-    "prompt_tokens",
-    "completion_tokens",
-]
+COLUMNS = list(OUTCOME_COLUMNS)  # the driver's row layout in result.json
 
 
 def fault(
@@ -284,6 +271,21 @@ def test_a_missed_sample_puts_the_delta_at_the_middle_of_its_interval() -> None:
         "spare": [0, 0, 0, 3],
     }
     assert f["upstream_attempts"] == 20
+
+
+def test_amplification_takes_the_upstreams_count_when_the_gateway_counted_fewer() -> None:
+    """A hedge's loser or an abandoned attempt reaches the upstream but is not in the gateway's
+    success/error counters: the larger of the two counts is the figure, each one is kept."""
+    rows = [req(0.01 * i) for i in range(100)]
+    s = samples({"primary": [50, 50, 0, 0]})
+    upstreams = {"primary": {"received": 144}, "fallback": {"received": 0}}
+    f = compute(result(scenario(duration=1.0), rows, s, upstreams=upstreams))
+    assert (f["gateway_counted_attempts"], f["upstream_received"]) == (100, 144)
+    assert f["upstream_attempts"] == 144 and f["retry_amplification"] == 1.44
+    # refused connections never reach the upstream: then the gateway's count is the larger
+    upstreams["primary"]["received"] = 60
+    f = compute(result(scenario(duration=1.0), rows, s, upstreams=upstreams))
+    assert f["upstream_attempts"] == 100
 
 
 def test_no_requests_means_no_amplification_and_a_failed_check() -> None:

@@ -90,12 +90,30 @@ async def _misbehave(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": error}, status=502, headers=headers)
     if mode == "garbage":
         return web.Response(body=b"<html>oops</html>", content_type="application/json")
-    text = {"wrong": payload + " extra", "real": "an answer of a real model"}.get(mode, payload)
+    text = {
+        "wrong": payload + " extra",
+        "anonwrong": payload + " extra",
+        "prefix": payload[:-1],
+        "real": "an answer of a real model",
+    }.get(mode, payload)
+    finish = {"nofinish": None, "length": "length"}.get(mode, "stop")
     if mode == "real":
         headers["x-gateway-deployment"] = "real"
+    if mode.startswith("anon"):
+        del headers["x-gateway-deployment"]
     if not body.get("stream"):
-        choice = {"index": 0, "message": {"content": text}, "finish_reason": "stop"}
-        return web.json_response({"choices": [choice]}, headers=headers)
+        choice = {"index": 0, "message": {"content": text}, "finish_reason": finish}
+        if mode != "cutbody":
+            return web.json_response({"choices": [choice]}, headers=headers)
+        # the whole answer is promised by Content-Length, half of it is sent, then the close
+        raw = orjson.dumps({"choices": [choice]})
+        cut = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
+        cut.content_length = len(raw)
+        await cut.prepare(request)
+        await cut.write(raw[: len(raw) // 2])
+        assert request.transport is not None
+        request.transport.close()
+        return cut
     resp = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
     await resp.prepare(request)
     first, _, rest = text.partition(" ")
@@ -113,8 +131,10 @@ async def _misbehave(request: web.Request) -> web.StreamResponse:
         await resp.write_eof()
         return resp
     await resp.write(_chunk(" " + rest))
-    await resp.write(_chunk(finish="stop"))
-    await resp.write(b"data: [DONE]\n\n")
+    if finish is not None:
+        await resp.write(_chunk(finish=finish))
+    if mode != "nodone":
+        await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
     return resp
 
@@ -258,6 +278,82 @@ def test_requests_beyond_the_in_flight_cap_are_not_sent(monkeypatch: pytest.Monk
     assert reasons[:2] == ["client_timeout", "client_timeout"]
     assert reasons.count("driver_overloaded") >= 1
     assert all(o.replica == -1 for o in outcomes if o.reason == "driver_overloaded")
+
+
+# --- each truncation condition on its own ----------------------------------------------------
+# Every mode below differs from "whole" (a right answer, checked first) in exactly one defect.
+
+STREAM = replace(FEW, stream_share=1.0)
+PLAIN = replace(FEW, stream_share=0.0)
+
+
+def _all_truncated(outcomes: list[Outcome]) -> None:
+    assert outcomes
+    for o in outcomes:
+        assert (o.ok, o.reason, o.truncated, o.status) == (False, "truncated", True, 200), o
+
+
+@pytest.mark.parametrize("traffic", [STREAM, PLAIN], ids=["stream", "plain"])
+def test_the_whole_answer_of_the_tiny_server_is_ok(traffic: _Traffic) -> None:
+    """The right content, finish "stop", [DONE] and the deployment header: ok."""
+    outcomes = _run(lambda: _drive_tiny("whole", traffic))
+    assert outcomes and all(o.ok and o.deployment == "primary" for o in outcomes)
+
+
+@pytest.mark.parametrize("echoes", [True, False])
+def test_a_stream_without_done_is_truncated(echoes: bool) -> None:
+    """The whole content and finish "stop", but no ``data: [DONE]``: truncated, echo or not."""
+    _all_truncated(_run(lambda: _drive_tiny("nodone", STREAM, echo=lambda d: echoes)))
+
+
+@pytest.mark.parametrize("echoes", [True, False])
+@pytest.mark.parametrize("traffic", [STREAM, PLAIN], ids=["stream", "plain"])
+def test_an_answer_without_finish_reason_is_truncated(traffic: _Traffic, echoes: bool) -> None:
+    """The whole content (and [DONE]) but no finish_reason anywhere: truncated, echo or not."""
+    _all_truncated(_run(lambda: _drive_tiny("nofinish", traffic, echo=lambda d: echoes)))
+
+
+@pytest.mark.parametrize("traffic", [STREAM, PLAIN], ids=["stream", "plain"])
+def test_finish_length_from_an_echoing_deployment_is_truncated(traffic: _Traffic) -> None:
+    """The whole content but finish "length": truncated from an echoing deployment, ok otherwise.
+
+    An echo is never cut (no ``max_tokens`` is sent), so "length" there means the answer or its
+    report was cut on the way, and the caller, told its answer is incomplete without an error, is
+    given a silent truncation; a real model may stop at its own limit, so any finish will do.
+    """
+    _all_truncated(_run(lambda: _drive_tiny("length", traffic)))
+    real = _run(lambda: _drive_tiny("length", traffic, echo=lambda d: False))
+    assert real and all(o.ok for o in real)
+
+
+def test_a_body_cut_short_of_its_content_length_is_truncated() -> None:
+    """A 200 whose JSON body stops halfway and closes is truncated, not bad_body: the caller
+    got a success status and part of an answer, with no error."""
+    outcomes = _run(lambda: _drive_tiny("cutbody", PLAIN))
+    _all_truncated(outcomes)
+    assert all((o.deployment, o.attempts) == ("primary", 3) for o in outcomes)
+
+
+@pytest.mark.parametrize("traffic", [STREAM, PLAIN], ids=["stream", "plain"])
+def test_a_strict_prefix_of_the_payload_is_truncated(traffic: _Traffic) -> None:
+    """The payload less its last character, with finish "stop" and [DONE]: truncated."""
+    _all_truncated(_run(lambda: _drive_tiny("prefix", traffic)))
+
+
+def test_an_answer_without_deployment_header_is_still_compared() -> None:
+    """No x-gateway-deployment: drive asks ``echo(None)`` and, told yes, compares the content."""
+    asked: list[str | None] = []
+
+    def echo(name: str | None) -> bool:
+        asked.append(name)
+        return True
+
+    right = _run(lambda: _drive_tiny("anonymous", FEW, echo=echo))
+    wrong = _run(lambda: _drive_tiny("anonwrong", FEW, echo=echo))
+    assert right and all(o.ok and o.deployment is None for o in right)
+    assert {o.stream for o in right} == {True, False}
+    _all_truncated(wrong)
+    assert asked == [None] * (len(right) + len(wrong))
 
 
 # --- replicas --------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def test_report_states_verdict_checks_figures_and_picture(tmp_path: Path) -> Non
     assert "- Failures by reason: `http_502:bad|gateway` 1." in md
     assert (
         "- Retry amplification: 0.998 upstream attempts per request (400 in all); the retry"
-        " budget bounds it at 1.250." in md
+        " budget's allowance is 1.250." in md
     )
     assert "| 1 | outage of primary | 5-10 s | 60% (before) | 250 ms | 750 ms |" in md
     assert "| during outage of primary | 5-10 s | 101 | 1 |" in md

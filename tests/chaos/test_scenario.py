@@ -1,9 +1,12 @@
 """Chaos scenario files: a full scenario loads, each fault kind becomes the right simulated
-faults, scaling touches only the timeline, every bad input is reported as ``FILE:LINE: PATH:
-reason``, and the generated gateway config passes the gateway's own checks. Pure: no sockets."""
+faults, scaling touches only the timeline, every bad input (and a load beyond the driver's
+bounds) is reported as ``FILE:LINE: PATH: reason``, the generated gateway config passes the
+gateway's own checks, and interpolated secrets reach that config but never the JSON form or a
+repr. Pure: no sockets."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import textwrap
 from pathlib import Path
@@ -15,6 +18,7 @@ import yaml
 
 from gateway.chaos.scenario import (
     MAX_SCALE,
+    REDACTED,
     FaultSpec,
     Scenario,
     load_scenario,
@@ -548,6 +552,54 @@ def test_a_scale_out_of_range_is_refused(scale: float) -> None:
             "traffic.output_tokens",
             "low (10) must not be above high (5)",
         ),
+        (  # YAML reads 1e9 as a string; pydantic reads it as a number, and so does the bound
+            BASE.replace("rate: 40", "rate: 1e9"),
+            "rate: 1e9",
+            "traffic.rate",
+            "at most 5000 requests/s, got 1e+09",
+        ),
+        (
+            BASE.replace("rate: 40", "rate: 5001"),
+            "rate: 5001",
+            "traffic.rate",
+            "at most 5000 requests/s, got 5001",
+        ),
+        (
+            BASE.replace("rate: 40", "concurrency: 2001"),
+            "concurrency: 2001",
+            "traffic.concurrency",
+            "at most 2000 workers, got 2001",
+        ),
+        (  # 5000/s x 41 s
+            BASE.replace("rate: 40", "rate: 5000").replace("duration: 30s", "duration: 41s"),
+            "rate: 5000",
+            "traffic.rate",
+            "rate x duration plans 205000 requests (5000/s for 41s): at most 200000",
+        ),
+        (
+            BASE.replace("rate: 40", "concurrency: 4").replace("duration: 30s", "duration: 25h"),
+            "duration: 25h",
+            "traffic.duration",
+            "the traffic lasts 90000s: at most 24h (86400s)",
+        ),
+        (
+            BASE.replace("duration: 30s", "duration: 30s\n  timeout: 601s"),
+            "timeout: 601s",
+            "traffic.timeout",
+            "at most 10m (600s), got 601s",
+        ),
+        (
+            BASE.replace("duration: 30s", "duration: 30s\n  prompt_tokens: [1, 100001]"),
+            "prompt_tokens",
+            "traffic.prompt_tokens",
+            "at most 100000 tokens, got 100001",
+        ),
+        (
+            BASE.replace("duration: 30s", "duration: 30s\n  output_tokens: 100001"),
+            "output_tokens",
+            "traffic.output_tokens",
+            "at most 100000 tokens, got 100001",
+        ),
         (
             BASE.replace("model: chat", "model: other"),
             "model: other",
@@ -683,6 +735,44 @@ def test_bad_input_is_reported_at_its_line_and_path(
     expected = f"chaos.yaml:{_line(text, needle)}: {path}: "
     found = [i for i in issues if i.startswith(expected) and reason in i]
     assert found, f"no issue {expected}...{reason} in {issues}"
+
+
+def test_load_limits_are_inclusive() -> None:
+    """A load exactly at every bound loads."""
+    at_limits = BASE.replace("rate: 40", "rate: 5000").replace(
+        "duration: 30s",
+        "duration: 40s\n  timeout: 10m\n  prompt_tokens: 100000\n  output_tokens: [1, 100000]",
+    )
+    t = _scenario(at_limits).traffic
+    assert (t.rate, t.duration, t.timeout) == (5000, 40.0, 600.0)
+    assert (t.prompt_tokens, t.output_tokens) == ((100000, 100000), (1, 100000))
+    closed = BASE.replace("rate: 40", "concurrency: 2000").replace("duration: 30s", "duration: 24h")
+    assert (_scenario(closed).traffic.concurrency, _scenario(closed).traffic.duration) == (
+        2000,
+        86400.0,
+    )
+
+
+def test_load_limits_apply_after_scaling() -> None:
+    """The planned requests and the duration are counted in run time: a scale can push a
+    scenario that loads at scale 1 over a bound, and the issue says so."""
+    planned = BASE.replace("rate: 40", "rate: 4000")  # 4000/s x 30 s = 120000
+    assert _scenario(planned).traffic.rate == 4000
+    with pytest.raises(ConfigError) as info:
+        _scenario(planned, scale=2)
+    assert str(info.value) == (
+        f"chaos.yaml:{_line(planned, 'rate: 4000')}: traffic.rate: rate x duration plans "
+        "240000 requests (4000/s for 60s at scale 2): at most 200000; lower `rate` or shorten "
+        "`duration`"
+    )
+    long = BASE.replace("duration: 30s", "duration: 10h").replace("rate: 40", "rate: 1")
+    assert _scenario(long).traffic.duration == 36000.0
+    with pytest.raises(ConfigError) as info:
+        _scenario(long, scale=3)
+    assert str(info.value) == (
+        f"chaos.yaml:{_line(long, 'duration: 10h')}: traffic.duration: the traffic lasts "
+        "108000s at scale 3: at most 24h (86400s)"
+    )
 
 
 def test_name_defaults_to_a_valid_file_stem_or_asks_for_one() -> None:
@@ -880,3 +970,139 @@ def test_fault_spec_end_is_at_plus_duration() -> None:
     spec = FaultSpec(0, "policy_reload", 3.0, None, None, {}, None, None)
     assert spec.end is None
     assert FaultSpec(0, "outage", 3.0, 2.0, "a", {}, None, None).end == 5.0
+
+
+# --- secrets ------------------------------------------------------------------------------------
+
+SECRETS = {
+    "CHAOS_TEST_HEADER": "hdr-5ecret-value-1",
+    "CHAOS_TEST_QUERY": "qp-5ecret-value-2",
+    "CHAOS_TEST_ADMIN": "adm-5ecret-value-3",
+    "CHAOS_TEST_CLIENT": "cli-5ecret-value-4",
+    "CHAOS_TEST_BEARER": "bearer-5ecret-value-5",
+}
+
+# Every place a `${VAR}` can put a secret: an upstream header and query parameter, the admin
+# token, the gateway's client keys, and the traffic's own credentials.
+WITH_SECRETS = """\
+name: secrets
+deployments:
+  - name: primary
+    aliases: [chat]
+    headers: {x-upstream-key: "${CHAOS_TEST_HEADER}"}
+    query_params: {key: "${CHAOS_TEST_QUERY}"}
+    simulated: {latency: 40ms}
+gateway:
+  admin: {token: "${CHAOS_TEST_ADMIN}"}
+  server: {api_keys: ["${CHAOS_TEST_CLIENT}"], request_timeout: 10s}
+traffic:
+  model: chat
+  rate: 40
+  duration: 30s
+  headers:
+    Authorization: "Bearer ${CHAOS_TEST_CLIENT}"
+    X-Session-Token: "${CHAOS_TEST_BEARER}"
+    x-gateway-timeout: 10s
+"""
+
+
+@pytest.fixture
+def secret_scenario(monkeypatch: pytest.MonkeyPatch) -> Scenario:
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    return _scenario(WITH_SECRETS)
+
+
+def _leaked(text: str) -> list[str]:
+    return [value for value in SECRETS.values() if value in text]
+
+
+def test_json_form_redacts_every_secret(secret_scenario: Scenario) -> None:
+    """to_json (what result.json holds) has no interpolated secret, each replaced in place;
+    the rest of those sections is kept."""
+    data = secret_scenario.to_json()
+    assert _leaked(orjson.dumps(data).decode()) == []
+    assert data["deployments"][0]["extra"] == {
+        "aliases": ["chat"],
+        "headers": {"x-upstream-key": REDACTED},
+        "query_params": {"key": REDACTED},
+    }
+    assert data["gateway"] == {
+        "admin": {"token": REDACTED},
+        "server": {"api_keys": [REDACTED], "request_timeout": "10s"},
+    }
+    assert data["traffic"]["headers"] == {
+        "Authorization": REDACTED,
+        "X-Session-Token": REDACTED,
+        "x-gateway-timeout": "10s",
+    }
+
+
+def test_repr_shows_no_secret(secret_scenario: Scenario) -> None:
+    """Neither the scenario's repr nor its parts' show a secret."""
+    for obj in (secret_scenario, secret_scenario.deployments[0], secret_scenario.traffic):
+        assert _leaked(repr(obj)) == [] and _leaked(str(obj)) == []
+    assert "secrets" in repr(secret_scenario)  # the repr still says what it is
+
+
+def test_gateway_config_keeps_the_secrets(secret_scenario: Scenario, tmp_path: Path) -> None:
+    """The gateway needs the real values: the generated config has them, and they load."""
+    config = _validated(secret_scenario, tmp_path)
+    admin = config.admin.token
+    assert admin is not None and admin.get_secret_value() == SECRETS["CHAOS_TEST_ADMIN"]
+    assert [k.get_secret_value() for k in config.server.api_keys] == [SECRETS["CHAOS_TEST_CLIENT"]]
+    primary = config.deployment("primary")
+    assert primary.provider == "openai"
+    assert primary.headers["x-upstream-key"].get_secret_value() == SECRETS["CHAOS_TEST_HEADER"]
+    assert primary.query_params["key"].get_secret_value() == SECRETS["CHAOS_TEST_QUERY"]
+    assert secret_scenario.traffic.headers["Authorization"] == (
+        f"Bearer {SECRETS['CHAOS_TEST_CLIENT']}"
+    )
+
+
+def test_admin_token_is_the_interpolated_value(secret_scenario: Scenario) -> None:
+    """admin_token() gives the value the gateway will require, or None without one."""
+    assert secret_scenario.admin_token() == SECRETS["CHAOS_TEST_ADMIN"]
+    assert _scenario(BASE).admin_token() is None
+    assert _scenario(BASE + "gateway: {admin: {}}\n").admin_token() is None
+
+
+def test_a_redacted_document_loads_back_for_reports(secret_scenario: Scenario) -> None:
+    """scenario_from_json reads a redacted document: everything but the secrets is as loaded,
+    and writing it again gives the same document."""
+    data = orjson.loads(orjson.dumps(secret_scenario.to_json()))
+    back = scenario_from_json(data)
+    assert back.to_json() == data
+    assert _leaked(repr(back)) == [] and back.admin_token() == REDACTED
+    redacted_traffic = dataclasses.replace(
+        secret_scenario.traffic, headers=data["traffic"]["headers"]
+    )
+    assert (back.name, back.traffic, back.faults, back.expect) == (
+        secret_scenario.name,
+        redacted_traffic,
+        secret_scenario.faults,
+        secret_scenario.expect,
+    )
+    assert [d.name for d in back.deployments] == ["primary"]
+
+
+@pytest.mark.parametrize(
+    ("name", "redacted"),
+    [
+        ("Authorization", True),
+        ("proxy-authorization", True),
+        ("Cookie", True),
+        ("X-API-Key", True),
+        ("api-key", True),
+        ("X-Refresh-Token", True),
+        ("x-client-secret", True),
+        ("x-gateway-timeout", False),
+        ("x-request-id", False),
+        ("User-Agent", False),
+    ],
+)
+def test_traffic_headers_are_redacted_by_name(name: str, redacted: bool) -> None:
+    """A header whose name says it carries a credential is redacted; others are kept."""
+    text = BASE.replace("duration: 30s", f"duration: 30s\n  headers: {{{name}: v4lue}}")
+    headers = _scenario(text).to_json()["traffic"]["headers"]
+    assert headers == {name: REDACTED if redacted else "v4lue"}

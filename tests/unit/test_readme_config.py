@@ -37,3 +37,17 @@ def test_readme_policy_example_is_a_valid_policy(tmp_path: Path) -> None:
     source = read_policy(path)
     ((_, document),) = source.documents
     assert [r.name for r in document.routes] == ["premium"]
+
+
+def test_readme_chaos_scenario_example_is_a_valid_scenario() -> None:
+    """The scenario example in the README's "Chaos suite" section loads, with its fault."""
+    from gateway.chaos.scenario import parse_scenario
+
+    section = README.read_text().split("## Chaos suite", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None, "the chaos suite section has no yaml block"
+    scenario = parse_scenario(block.group(1), "README.md")
+    assert [d.name for d in scenario.deployments] == ["primary", "fallback"]
+    assert [(f.kind, f.target, f.at, f.duration) for f in scenario.faults] == [
+        ("outage", "primary", 10.0, 10.0)
+    ]

@@ -144,6 +144,26 @@ async def _sleep(seconds: float) -> None:
         await asyncio.sleep(seconds)
 
 
+async def early_fault(
+    request: web.Request, sim: Simulator, fault: Fault | None
+) -> web.Response | None:
+    """The answer of a fault that ends the request before any answer is generated: an RST for
+    ``reset``/``refuse``, nothing until the server stops for ``hang``, an error body (after the
+    first-byte delay) for ``status``/``garbage``. ``None`` for every other case."""
+    kind = fault.kind if fault is not None else None
+    if kind in ("reset", "refuse"):
+        return drop_connection(request)
+    if kind == "hang":
+        await request.app[STOPPING].wait()
+        return drop_connection(request)
+    if fault is not None and kind in ("status", "garbage"):
+        await _sleep(sim.first_byte_delay(fault))
+        if kind == "garbage":
+            return web.Response(body=render.GARBAGE_BODY, content_type=_JSON)
+        return status_fault_response(fault)
+    return None
+
+
 def endpoint_handler(endpoint: str) -> Handler:
     """The POST handler for ``/v1/<endpoint>``."""
 
@@ -162,17 +182,9 @@ def endpoint_handler(endpoint: str) -> Handler:
             return error_response(400, problem.message, param=problem.param)
         stream = endpoint != "embeddings" and body.get("stream") is True
         fault = sim.choose_fault(stream=stream)
-        kind = fault.kind if fault is not None else None
-        if kind in ("reset", "refuse"):
-            return drop_connection(request)
-        if kind == "hang":
-            await app[STOPPING].wait()
-            return drop_connection(request)
-        if fault is not None and kind in ("status", "garbage"):
-            await _sleep(sim.first_byte_delay(fault))
-            if kind == "garbage":
-                return web.Response(body=render.GARBAGE_BODY, content_type=_JSON)
-            return status_fault_response(fault)
+        early = await early_fault(request, sim, fault)
+        if early is not None:
+            return early
         if stream:
             return await _stream(request, sim, endpoint, body, fault)
         return await _answer(request, sim, endpoint, body, fault)
