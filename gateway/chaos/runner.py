@@ -107,7 +107,7 @@ async def run(scenario: Scenario, out: Path, progress: Progress = _quiet) -> dic
     :class:`~gateway.yamlfile.ConfigError` when the gateway rejects the generated config (a
     problem of the scenario's ``gateway:`` or ``policy:`` part).
     """
-    _prepare(out)
+    out = _prepare(out)
     async with contextlib.AsyncExitStack() as stack:
         upstreams = Upstreams(scenario.deployments, scenario.deployment_faults(), scenario.seed)
         stack.push_async_callback(upstreams.stop)
@@ -221,12 +221,15 @@ async def run(scenario: Scenario, out: Path, progress: Progress = _quiet) -> dic
     return result
 
 
-def _prepare(out: Path) -> None:
-    """The run's directory, without the files of an earlier run into it (logs included)."""
+def _prepare(out: Path) -> Path:
+    """The run's directory, absolute (the generated config names files in it, whatever the
+    working directory), without the files of an earlier run into it (logs included)."""
+    out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     for pattern in ("result.json", "report.md", "timeline.png", "*.yaml", "*.log"):
         for stale in out.glob(pattern):
             stale.unlink(missing_ok=True)
+    return out
 
 
 def _since(now: dict[str, dict[str, Any]], before: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -46,12 +46,13 @@ def _scenario(tmp: Path, name: str, deployments: list[str]) -> Path:
     return path
 
 
-def _gateway(*args: str) -> subprocess.CompletedProcess[str]:
+def _gateway(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", "chaos", *args],
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=cwd,
     )
 
 
@@ -61,7 +62,8 @@ def test_run_two_scenarios_then_rebuild_their_reports(tmp_path: Path) -> None:
     bad = _scenario(tmp_path, "no-fallback", ["primary"])
     out = tmp_path / "results"
 
-    done = _gateway("run", str(good), str(bad), "--out", str(out), "--quiet")
+    # a relative --out, as a user types it
+    done = _gateway("run", str(good), str(bad), "--out", "results", "--quiet", cwd=tmp_path)
 
     # one scenario's expectation failed: exit status 1, and the verdict lines say which and why
     assert done.returncode == 1, done.stderr
