@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from polling import tcp_probe
 
 from gateway.chaos.upstreams import UpstreamError, Upstreams, simulated_settings
 from gateway.providers.simulated.engine import Simulator
@@ -121,16 +122,7 @@ def _content(events: list[Any]) -> list[str]:
 
 
 async def _probe(port: int) -> str:
-    """Open and close a TCP connection: "accepted", "refused" or "reset" (a transition)."""
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except ConnectionRefusedError:
-        return "refused"
-    except ConnectionResetError:
-        return "reset"
-    writer.close()
-    await writer.wait_closed()
-    return "accepted"
+    return await tcp_probe(port)
 
 
 async def _until(predicate: Callable[[], Awaitable[bool]], limit: float = 5.0) -> float:

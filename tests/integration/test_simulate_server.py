@@ -17,6 +17,7 @@ import httpx
 import openai
 import orjson
 import pytest
+from polling import tcp_probe
 
 from gateway.providers.simulated.server import SHUTDOWN_TIMEOUT, SimulatedServer
 from gateway.providers.simulated.settings import SimulatedSettings
@@ -63,17 +64,7 @@ async def _wait_until(predicate: Callable[[], Awaitable[bool]], limit: float = 2
 
 
 async def _probe(port: int) -> str:
-    """Open and close a TCP connection: "accepted", "refused" or "reset" (the listener closed
-    while the connection sat in its backlog: a transition, neither state)."""
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except ConnectionRefusedError:
-        return "refused"
-    except ConnectionResetError:
-        return "reset"
-    writer.close()
-    await writer.wait_closed()
-    return "accepted"
+    return await tcp_probe(port)
 
 
 async def _refused(port: int) -> bool:
