@@ -294,12 +294,20 @@ class RollingWindow:
     @property
     def latency_ewma(self) -> float | None:
         """EWMA of this process's latency samples; ``None`` once the newest left the window."""
-        return self._latency_ewma if self._latency_at > self.index() - self.buckets else None
+        return self._ewmas(self.index() - self.buckets)[0]
 
     @property
     def ttft_ewma(self) -> float | None:
         """EWMA of this process's TTFT samples; ``None`` once the newest left the window."""
-        return self._ttft_ewma if self._ttft_at > self.index() - self.buckets else None
+        return self._ewmas(self.index() - self.buckets)[1]
+
+    def _ewmas(self, oldest: int) -> tuple[float | None, float | None]:
+        """(latency, TTFT) EWMA, each ``None`` unless its newest sample is in a bucket after
+        ``oldest`` (the index just before the window)."""
+        return (
+            self._latency_ewma if self._latency_at > oldest else None,
+            self._ttft_ewma if self._ttft_at > oldest else None,
+        )
 
     def index(self, now: float | None = None) -> int:
         """The absolute bucket index of ``now`` (default: the clock)."""
@@ -377,14 +385,12 @@ class RollingWindow:
     def _ewma(self, latency: float | None, ttft: float | None, idx: int) -> None:
         """Move the EWMAs by ``alpha``; one whose newest sample left the window starts afresh."""
         a = self.alpha
-        oldest = idx - self.buckets
+        lat, first = self._ewmas(idx - self.buckets)
         if latency is not None:
-            prev = self._latency_ewma if self._latency_at > oldest else None
-            self._latency_ewma = latency if prev is None else prev + a * (latency - prev)
+            self._latency_ewma = latency if lat is None else lat + a * (latency - lat)
             self._latency_at = idx
         if ttft is not None:
-            prev = self._ttft_ewma if self._ttft_at > oldest else None
-            self._ttft_ewma = ttft if prev is None else prev + a * (ttft - prev)
+            self._ttft_ewma = ttft if first is None else first + a * (ttft - first)
             self._ttft_at = idx
 
     def live(self, now: float | None = None) -> list[tuple[int, list[float]]]:
@@ -403,13 +409,13 @@ class RollingWindow:
         return total
 
     def stats(self, now: float | None = None) -> WindowStats:
-        oldest = self.index(now) - self.buckets
+        latency_ewma, ttft_ewma = self._ewmas(self.index(now) - self.buckets)
         return summarise(
             self.merged(now),
             self.window_seconds,
             inflight=self.inflight,
-            latency_ewma=self._latency_ewma if self._latency_at > oldest else None,
-            ttft_ewma=self._ttft_ewma if self._ttft_at > oldest else None,
+            latency_ewma=latency_ewma,
+            ttft_ewma=ttft_ewma,
         )
 
     def take_pending(self) -> dict[int, list[float]]:

@@ -110,7 +110,7 @@ def _seconds(value: float) -> str:
     return str(int(value)) if value == int(value) else f"{value:.3f}".rstrip("0").rstrip(".")
 
 
-def status_fault_response(fault: Fault) -> web.Response:
+def _status_fault_response(fault: Fault) -> web.Response:
     status = fault.status or DEFAULT_FAULT_STATUS
     headers = {}
     if fault.retry_after is not None:
@@ -120,7 +120,7 @@ def status_fault_response(fault: Fault) -> web.Response:
     return error_response(status, message, code=fault.code, headers=headers)
 
 
-def drop_connection(request: web.Request) -> web.Response:
+def _drop_connection(request: web.Request) -> web.Response:
     """Abort the connection with an RST; the returned response is never sent."""
     transport = request.transport
     if transport is not None:
@@ -152,15 +152,15 @@ async def early_fault(
     first-byte delay) for ``status``/``garbage``. ``None`` for every other case."""
     kind = fault.kind if fault is not None else None
     if kind in ("reset", "refuse"):
-        return drop_connection(request)
+        return _drop_connection(request)
     if kind == "hang":
         await request.app[STOPPING].wait()
-        return drop_connection(request)
+        return _drop_connection(request)
     if fault is not None and kind in ("status", "garbage"):
         await _sleep(sim.first_byte_delay(fault))
         if kind == "garbage":
             return web.Response(body=render.GARBAGE_BODY, content_type=_JSON)
-        return status_fault_response(fault)
+        return _status_fault_response(fault)
     return None
 
 
@@ -269,14 +269,14 @@ async def _stream(
 async def models(request: web.Request) -> web.Response:
     sim = request.app[SIMULATOR]
     if sim.schedule.refusal()[0]:  # the host is down: a kept-alive connection is reset too
-        return drop_connection(request)
+        return _drop_connection(request)
     data = [{"id": sim.model, "object": "model", "created": 0, "owned_by": "simulated"}]
     return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type=_JSON)
 
 
 async def healthz(request: web.Request) -> web.Response:
     if request.app[SIMULATOR].schedule.refusal()[0]:
-        return drop_connection(request)
+        return _drop_connection(request)
     return web.Response(body=b'{"status":"ok"}', content_type=_JSON)
 
 
